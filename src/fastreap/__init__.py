@@ -1,0 +1,65 @@
+"""fastreap: the lifecycle of child processes, with a compiled core."""
+import os as _os
+import sys as _sys
+
+if _sys.platform == "win32" or _os.name != "posix":
+    raise ImportError("fastreap requires a POSIX system (Linux or macOS); Windows is not supported")
+
+__version__ = "0.1.0.dev0"
+
+try:
+    from . import _core  # noqa: F401
+except ImportError as e:  # pragma: no cover - a broken install
+    raise ImportError(
+        "fastreap's compiled core (fastreap._core) is missing or does not load: "
+        f"{e}. Install a wheel, or build from source with a C compiler: pip install ."
+    ) from e
+
+from ._children import (
+    ALL_EXITED,
+    FIRST_EXITED,
+    Child,
+    ChildLostError,
+    ExitStatus,
+    StopReport,
+    counters,
+    graceful_stop,
+    kill,
+    reap,
+    set_subreaper,
+    terminate,
+    wait,
+    watch,
+)
+from ._flags import (
+    StopFlag,
+    Stopped,
+    graceful,
+    handle_signals,
+    restore_signals,
+    stop_requested,
+)
+
+__all__ = [
+    "ALL_EXITED",
+    "FIRST_EXITED",
+    "Child",
+    "ChildLostError",
+    "ExitStatus",
+    "StopFlag",
+    "StopReport",
+    "Stopped",
+    "__version__",
+    "counters",
+    "graceful",
+    "graceful_stop",
+    "handle_signals",
+    "kill",
+    "reap",
+    "restore_signals",
+    "set_subreaper",
+    "stop_requested",
+    "terminate",
+    "wait",
+    "watch",
+]

@@ -1,0 +1,767 @@
+"""Parent side: watch children, wait for them without polling, reap without stealing.
+
+How exits are noticed (one process-wide ``_Watcher``):
+
+* **pidfd + epoll** (Linux >= 5.3). Each watched child gets a pidfd registered in
+  one epoll instance; epoll reports only the ready ones, so one exit costs
+  O(1) whatever the number of live children.
+* **Descriptor budget.** Pidfds are descriptors, and a program may watch 10,000
+  children under ``RLIMIT_NOFILE`` 1,024. So pidfds are used only up to a budget
+  (a quarter of the soft limit, at most 16,384) and are moved to numbers at or
+  above a floor (1,024 when the limit allows, otherwise the top quarter), which
+  keeps the low numbers that ``select()`` users and the program need free.
+* **SIGCHLD for the rest.** Children beyond the budget (or every child when the
+  kernel has no pidfd, or with ``FASTREAP_BACKEND=sigchld``) are noticed through
+  fastreap's C SIGCHLD handler, which records the sender (``si_pid``) in a
+  lock-free ring and pokes the watcher's wake-up descriptor. The watcher reaps
+  exactly those pids: O(1) per exit. Because SIGCHLD coalesces, it then asks
+  the kernel whether any zombie is left (``waitid(P_ALL, WNOWAIT)``, one call):
+  none means nothing was lost; a watched one is reaped and the question asked
+  again. Only when the zombie in front is somebody else's (a foreign child not
+  yet reaped by its owner, which ``WNOWAIT`` cannot look past) does it fall back
+  to checking each SIGCHLD-path child, and counts that in ``degraded_scans``.
+* **kqueue** EVFILT_PROC on macOS watches pids directly, with no descriptor each.
+
+Never stealing: only watched pids are reaped, and before reaping a child of a
+``subprocess.Popen`` or ``multiprocessing.Process`` the status is written back
+into that object (under Popen's ``_waitpid_lock``, which ``Popen.wait()`` holds
+while it blocks), so their own ``wait()``/``poll()``/``exitcode`` stay true.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal as _signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from . import _core
+from ._flags import check_signal
+
+__all__ = [
+    "ALL_EXITED",
+    "FIRST_EXITED",
+    "Child",
+    "ChildLostError",
+    "ExitStatus",
+    "StopReport",
+    "counters",
+    "graceful_stop",
+    "kill",
+    "reap",
+    "set_subreaper",
+    "terminate",
+    "wait",
+    "watch",
+]
+
+FIRST_EXITED = "FIRST_EXITED"
+ALL_EXITED = "ALL_EXITED"
+
+_WAKE = -1  # poller token of the global wake-up descriptor
+
+
+def _backend() -> str:
+    b = os.environ.get("FASTREAP_BACKEND", "auto")
+    if b not in ("auto", "pidfd", "sigchld"):
+        raise ValueError(f"FASTREAP_BACKEND must be auto, pidfd or sigchld, not {b!r}")
+    return b
+
+
+BACKEND = _backend()
+
+
+class ChildLostError(ChildProcessError):
+    """A watched child was reaped by someone else (``os.waitpid``, another
+    library): it is gone and its exit status is unknown."""
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a child ended (with rusage from ``wait4`` when fastreap reaped it)."""
+
+    pid: int
+    returncode: int
+    exit_code: int | None
+    signal: int | None
+    core_dumped: bool = False
+    user_time: float | None = None
+    system_time: float | None = None
+    max_rss: int | None = None
+
+    @classmethod
+    def _from_wait(cls, pid: int, status: int, utime: float | None = None,
+                   stime: float | None = None, maxrss: int | None = None) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            return cls(pid, -sig, None, sig, os.WCOREDUMP(status), utime, stime, maxrss)
+        code = os.WEXITSTATUS(status)
+        return cls(pid, code, code, None, False, utime, stime, maxrss)
+
+    @classmethod
+    def _from_siginfo(cls, pid: int, si_code: int, si_status: int) -> ExitStatus:
+        if si_code == _core.CLD_EXITED_:
+            return cls(pid, si_status, si_status, None)
+        return cls(pid, -si_status, None, si_status, si_code == _core.CLD_DUMPED_)
+
+    @classmethod
+    def _from_returncode(cls, pid: int, rc: int) -> ExitStatus:
+        if rc < 0:
+            return cls(pid, rc, None, -rc)
+        return cls(pid, rc, rc, None)
+
+
+Target = Union[int, "Child", subprocess.Popen, Any]
+
+
+class _Watcher:
+    """The process-wide registry of watched children (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.leading = False
+        self.closed = False
+        self.pfd = -1
+        self.children: dict[int, Child] = {}
+        self.sigchld_path: set[int] = set()
+        self.pidfds = 0
+        self.budget, self.floor = _pidfd_budget()
+        self.use_pidfd = BACKEND != "sigchld" and _core.IS_LINUX and _core.have_pidfd()
+        self.sigchld_installed = False
+        self.reaped = 0
+        self.escalations = 0
+        self.lost = 0
+        self.degraded_scans = 0
+
+    # -- registration (lock held) ------------------------------------------
+
+    def _poller(self) -> int:
+        if self.pfd < 0:
+            self.pfd = _core.poller_open()
+            _core.poller_add_fd(self.pfd, _core.global_wake_fd(), _WAKE)
+        return self.pfd
+
+    def _ensure_sigchld(self) -> None:
+        if not self.sigchld_installed:
+            _core.install(_signal.SIGCHLD, True, True)  # SA_RESTART: exits need not interrupt anyone
+            self.sigchld_installed = True
+
+    def register(self, child: Child) -> None:
+        pfd = self._poller()
+        pid = child.pid
+        if child._foreign:
+            # A forkserver child is the server's, not ours: its Popen sentinel
+            # becomes readable once the server has reaped it and sent the code.
+            # A pidfd, where there is one, serves only to signal it safely.
+            if self.use_pidfd:
+                try:
+                    child._pidfd = _core.pidfd_open(pid, self.floor)
+                except OSError:
+                    child._pidfd = -1
+            _core.poller_add_fd(pfd, child._target.sentinel, pid)
+            self.children[pid] = child
+            return
+        if self.use_pidfd and self.pidfds < self.budget:
+            try:
+                fd = _core.pidfd_open(pid, self.floor)
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EINVAL):
+                    raise
+                fd = -1  # over the limit after all: the SIGCHLD path takes it
+            if fd >= 0:
+                try:
+                    _core.poller_add_fd(pfd, fd, pid)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                child._pidfd = fd
+                self.pidfds += 1
+                self.children[pid] = child
+                return
+        if _core.IS_APPLE:
+            try:
+                _core.poller_add_pid(pfd, pid, pid)
+            except ProcessLookupError:
+                pass  # already exited: the check after registration reaps it
+            self.children[pid] = child
+            return
+        self._ensure_sigchld()
+        self.sigchld_path.add(pid)
+        self.children[pid] = child
+
+    def _forget(self, child: Child) -> None:
+        self.children.pop(child.pid, None)
+        self.sigchld_path.discard(child.pid)
+        if child._foreign:
+            try:
+                _core.poller_del_fd(self.pfd, child._target.sentinel)
+            except (OSError, ValueError):
+                pass  # the Process was closed: its sentinel (and registration) are gone
+        elif child._pidfd >= 0:
+            try:
+                _core.poller_del_fd(self.pfd, child._pidfd)
+            except OSError:
+                pass
+            self.pidfds -= 1
+        elif _core.IS_APPLE:
+            _core.poller_del_pid(self.pfd, child.pid)
+        if child._pidfd >= 0:
+            os.close(child._pidfd)
+            child._pidfd = -1
+
+    def finish(self, child: Child, status: ExitStatus | None) -> None:
+        """Record a child's end (lock held) and wake everyone waiting."""
+        self._forget(child)
+        if status is None:
+            child._lost = True
+            self.lost += 1
+        else:
+            child._status = status
+            self.reaped += 1
+        callbacks, child._callbacks = child._callbacks, []
+        self.cond.notify_all()
+        for cb in callbacks:
+            cb(child)
+
+    # -- reaping (lock held) -----------------------------------------------
+
+    def try_reap(self, child: Child) -> bool:
+        """Reap ``child`` if it has exited, writing its status back into its
+        Popen/Process; return whether it is done."""
+        if child._done():
+            return True
+        t = child._target
+        if child._foreign:
+            rc = t._popen.poll()  # popen_forkserver reads the code from its sentinel
+            if rc is None:
+                return False
+            self.finish(child, ExitStatus._from_returncode(child.pid, rc))
+            return True
+        if isinstance(t, subprocess.Popen) and t.returncode is not None:
+            self.finish(child, ExitStatus._from_returncode(child.pid, t.returncode))
+            return True
+        try:
+            peeked = _core.peek(child.pid)
+        except ChildProcessError:
+            rc = _target_returncode(t)
+            self.finish(child, None if rc is None else ExitStatus._from_returncode(child.pid, rc))
+            return True
+        if peeked is None:
+            return False
+        early = ExitStatus._from_siginfo(child.pid, *peeked)
+        if isinstance(t, subprocess.Popen):
+            # Popen.wait() holds this lock while it blocks in waitpid(); the
+            # child has exited, so that call returns at once and we then read
+            # what it found instead of stealing the status from under it.
+            with t._waitpid_lock:
+                if t.returncode is not None:
+                    self.finish(child, ExitStatus._from_returncode(child.pid, t.returncode))
+                    return True
+                status = self._reap(child.pid, early)
+                if status is not None:
+                    t.returncode = status.returncode
+            self.finish(child, status)
+            return True
+        if t is not None and t._popen.returncode is None:
+            # multiprocessing's poll() has no lock: publish the code before
+            # reaping so a racing join() that finds ECHILD still sees it.
+            t._popen.returncode = early.returncode
+        self.finish(child, self._reap(child.pid, early))
+        return True
+
+    def _reap(self, pid: int, early: ExitStatus) -> ExitStatus | None:
+        try:
+            r = _core.reap_pid(pid)
+        except ChildProcessError:
+            return early  # reaped by someone between peek and wait4: status known, no rusage
+        if r is None:  # cannot happen after a successful peek; be safe
+            return early
+        return ExitStatus._from_wait(*r)
+
+    def on_wake(self) -> None:
+        """The wake-up descriptor fired: a handled signal or a SIGCHLD."""
+        _core.global_wake_drain()
+        if not self.sigchld_path:
+            _core.chld_drain()
+            return
+        pids, _lost = _core.chld_drain()
+        for pid in pids:
+            if pid in self.sigchld_path:
+                self.try_reap(self.children[pid])
+        # SIGCHLD coalesces: ask the kernel whether a zombie is left over.
+        while self.sigchld_path:
+            z = _core.peek_any()
+            if z <= 0:
+                return
+            c = self.children.get(z)
+            if c is None or not self.try_reap(c):
+                break
+        if self.sigchld_path:
+            self.degraded_scans += 1
+            for pid in list(self.sigchld_path):
+                self.try_reap(self.children[pid])
+
+    def process(self, tokens: list[int]) -> None:
+        for tok in tokens:
+            if tok == _WAKE:
+                self.on_wake()
+            else:
+                c = self.children.get(tok)
+                if c is not None:
+                    self.try_reap(c)
+
+    # -- waiting -------------------------------------------------------------
+
+    def wait_until(self, pred: Callable[[], bool], timeout: float) -> bool:
+        """Block until pred() (checked with the lock held) or timeout seconds
+        (< 0: forever). One thread at a time waits in epoll with the GIL and the
+        lock released; the others sleep on the condition until it has news."""
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        with self.cond:
+            self._check_open()
+            while not pred():
+                remaining = -1.0
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                if self.leading:
+                    self.cond.wait(None if remaining < 0 else remaining)
+                    continue
+                self.leading = True
+                self.lock.release()
+                tokens: list[int] = []
+                try:
+                    tokens = _core.poller_wait(self._poller(), remaining)
+                finally:
+                    self.lock.acquire()
+                    self.leading = False
+                    self.cond.notify_all()
+                self.process(tokens)
+            return True
+
+    def poll_now(self) -> None:
+        """Reap whatever is ready without blocking (for is_alive and asyncio)."""
+        with self.lock:
+            if self.pfd < 0 or self.closed:
+                return
+            self.process(_core.poller_wait(self.pfd, 0.0))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ChildProcessError("this watcher belongs to the parent process (we are a forked child)")
+
+    def close_in_child(self) -> None:
+        """After fork: drop the parent's pidfds and epoll (no registration is
+        touched: closing our copies leaves the parent's intact)."""
+        self.closed = True
+        for c in self.children.values():
+            if c._pidfd >= 0:
+                os.close(c._pidfd)
+                c._pidfd = -1
+        if self.pfd >= 0:
+            os.close(self.pfd)
+            self.pfd = -1
+
+
+def _pidfd_budget() -> tuple[int, int]:
+    env = os.environ.get("FASTREAP_PIDFD_BUDGET")
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft > 1 << 20:
+        soft = 1 << 20
+    budget = min(soft // 4, 16384) if env is None else max(0, int(env))
+    floor = 1024 if soft >= 1024 + budget else max(0, soft - budget)
+    return budget, floor
+
+
+_watcher = _Watcher()
+
+
+def _get_watcher() -> _Watcher:
+    return _watcher
+
+
+def _target_returncode(t: Any) -> int | None:
+    if isinstance(t, subprocess.Popen):
+        return t.returncode
+    if t is not None and t._popen is not None:
+        return t._popen.returncode  # type: ignore[no-any-return]
+    return None
+
+
+class Child:
+    """A watched child process. Signalling is pid-reuse safe (pidfd where the
+    kernel has one; otherwise kill() while the unreaped pid cannot be reused)
+    and becomes a silent no-op once the child is reaped."""
+
+    __slots__ = ("__weakref__", "_callbacks", "_foreign", "_lost", "_pidfd", "_status",
+                 "_target", "_watcher", "pid")
+
+    def __init__(self, pid: int, target: Any, watcher: _Watcher, foreign: bool = False) -> None:
+        self.pid = pid
+        self._target = target
+        self._watcher = watcher
+        self._foreign = foreign
+        self._pidfd = -1
+        self._status: ExitStatus | None = None
+        self._lost = False
+        self._callbacks: list[Callable[[Child], None]] = []
+
+    def _done(self) -> bool:
+        return self._status is not None or self._lost
+
+    def _refresh(self) -> None:
+        if not self._done() and not self._watcher.closed:
+            with self._watcher.lock:
+                self._watcher.try_reap(self)
+
+    @property
+    def status(self) -> ExitStatus | None:
+        """How it ended, or None while it runs."""
+        self._refresh()
+        return self._status
+
+    @property
+    def returncode(self) -> int | None:
+        """None while running; the exit code, or -N if signal N killed it."""
+        self._refresh()
+        return None if self._status is None else self._status.returncode
+
+    @property
+    def lost(self) -> bool:
+        """True if someone else reaped it and its status is unknown."""
+        return self._lost
+
+    def is_alive(self) -> bool:
+        """Whether it still runs (reaps it if it has exited)."""
+        self._refresh()
+        return not self._done()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait (without polling, GIL released) until it exits; return its
+        returncode, or None on timeout. ChildLostError if someone else reaped it."""
+        t = _core.check_timeout(timeout)
+        if self._watcher.closed and not self._done():
+            raise ChildProcessError(f"pid {self.pid} is a child of the parent process, not of this one")
+        self._watcher.wait_until(self._done, t)
+        if self._lost:
+            raise ChildLostError(f"pid {self.pid} was reaped by someone else; its exit status is unknown")
+        return None if self._status is None else self._status.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Send sig to the child (pid-reuse safe); nothing once it is reaped."""
+        sig = check_signal(sig, "sig", allow_zero=True)
+        w = self._watcher
+        with w.lock:
+            if self._done() or w.closed:
+                return
+            try:
+                if self._pidfd >= 0:
+                    _core.pidfd_send_signal(self._pidfd, sig)
+                elif not self._foreign:
+                    # Unreaped, so the pid cannot have been reused; the lock
+                    # keeps our own reaper from reaping it under us.
+                    os.kill(self.pid, sig)
+                else:
+                    self._target_signal(sig)
+            except ProcessLookupError:
+                pass  # exited, not yet reaped
+
+    def _target_signal(self, sig: int) -> None:
+        # A forkserver child without pidfd: only while its sentinel says it runs.
+        if self._target._popen.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        """SIGTERM (pid-reuse safe)."""
+        self.send_signal(_signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL (pid-reuse safe)."""
+        self.send_signal(_signal.SIGKILL)
+
+    def add_done_callback(self, fn: Callable[[Child], None]) -> None:
+        """Call fn(child) once it is reaped (at once if it already is), in the
+        thread that reaps it."""
+        with self._watcher.lock:
+            if not self._done():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def remove_done_callback(self, fn: Callable[[Child], None]) -> None:
+        with self._watcher.lock:
+            try:
+                self._callbacks.remove(fn)
+            except ValueError:
+                pass
+
+    def __repr__(self) -> str:
+        state = "lost" if self._lost else ("running" if self._status is None else f"returncode={self._status.returncode}")
+        return f"<fastreap.Child pid={self.pid} {state}>"
+
+
+def _check_pid(pid: object, name: str = "target") -> int:
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"{name} must be a pid, subprocess.Popen, multiprocessing.Process or Child, "
+                        f"not {type(pid).__name__}")
+    if pid <= 0:
+        raise ValueError(f"{name} must be a pid > 0, got {pid} (0 and negative pids name process groups)")
+    return int(pid)
+
+
+def _is_mp_process(target: object) -> bool:
+    import multiprocessing.process as mpp
+
+    return isinstance(target, mpp.BaseProcess)
+
+
+def watch(target: Target) -> Child:
+    """Watch a child: an ``int`` pid, a ``subprocess.Popen``, a started
+    ``multiprocessing.Process`` (or a Child, returned as is)."""
+    w = _watcher
+    if isinstance(target, Child):
+        return target
+    foreign = False
+    obj: Any = None
+    if isinstance(target, subprocess.Popen):
+        pid, obj = target.pid, target
+    elif _is_mp_process(target):
+        popen = getattr(target, "_popen", None)
+        if popen is None:
+            raise ValueError(f"target: {target!r} is not started")
+        if target._parent_pid != os.getpid():
+            raise ChildProcessError(f"target: {target!r} was started by another process")
+        from multiprocessing import popen_fork
+
+        pid, obj = target.pid, target
+        foreign = not isinstance(popen, popen_fork.Popen)  # forkserver: a child of the server
+    else:
+        pid = _check_pid(target)
+    w._check_open()
+    with w.lock:
+        existing = w.children.get(pid)
+        if existing is not None:
+            return existing
+        child = Child(pid, obj, w, foreign)
+        rc = _target_returncode(obj)
+        if rc is not None:
+            child._status = ExitStatus._from_returncode(pid, rc)
+            return child
+        if not foreign:
+            try:
+                _core.peek(pid)
+            except ChildProcessError:
+                raise ChildProcessError(f"target: pid {pid} is not a child of this process") from None
+        w.register(child)
+        w.try_reap(child)  # it may have exited already: nothing would announce it
+        return child
+
+
+def _as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
+    if isinstance(targets, (int, Child, subprocess.Popen)) or _is_mp_process(targets):
+        targets = [targets]
+    if not isinstance(targets, Iterable):
+        raise TypeError(f"{name} must be an iterable of children, not {type(targets).__name__}")
+    items = list(targets)
+    # Validate every item before watching any: nothing half-done.
+    for t in items:
+        if isinstance(t, (Child, subprocess.Popen)):
+            continue
+        if _is_mp_process(t):
+            if getattr(t, "_popen", None) is None:
+                raise ValueError(f"{name}: {t!r} is not started")
+            continue
+        pid = _check_pid(t, name)
+        if pid not in _watcher.children:
+            try:
+                _core.peek(pid)
+            except ChildProcessError:
+                raise ChildProcessError(f"{name}: pid {pid} is not a child of this process") from None
+    return [watch(t) for t in items]
+
+
+def wait(
+    children: Iterable[Target],
+    timeout: float | None = None,
+    return_when: str = FIRST_EXITED,
+) -> tuple[set[Child], set[Child]]:
+    """Wait until the first (FIRST_EXITED) or all (ALL_EXITED) of ``children``
+    have exited, or timeout seconds pass; return ``(done, pending)`` sets.
+    Event-driven (never sleeps in a loop), GIL released while blocked."""
+    if return_when not in (FIRST_EXITED, ALL_EXITED):
+        raise ValueError(f"return_when must be FIRST_EXITED or ALL_EXITED, got {return_when!r}")
+    t = _core.check_timeout(timeout)
+    kids = _as_children(children, "children")
+    if kids:
+        if return_when == FIRST_EXITED:
+            def pred() -> bool:
+                return any(c._done() for c in kids)
+        else:
+            pending_kids = list(kids)
+
+            def pred() -> bool:
+                # Drop finished ones as we go: O(total) over the whole wait.
+                while pending_kids and pending_kids[-1]._done():
+                    pending_kids.pop()
+                if pending_kids:
+                    pending_kids[:] = [c for c in pending_kids if not c._done()]
+                return not pending_kids
+        _watcher.wait_until(pred, t)
+    done = {c for c in kids if c._done()}
+    return done, set(kids) - done
+
+
+def reap() -> list[ExitStatus]:
+    """Reap every exited child of this process (``waitpid(-1, WNOHANG)`` in one
+    C loop): the supervisor / PID-1 opt-in that steals. Statuses of watched
+    children still reach their Child, Popen and Process objects."""
+    w = _watcher
+    # Watched children first, by the non-stealing path (Popen locks respected).
+    w.poll_now()
+    out: list[ExitStatus] = []
+    with w.lock:
+        for pid, status, ut, st, rss in _core.reap_all():
+            es = ExitStatus._from_wait(pid, status, ut, st, rss)
+            out.append(es)
+            c = w.children.get(pid)
+            if c is None:
+                continue
+            t = c._target
+            if isinstance(t, subprocess.Popen):
+                if t.returncode is None:
+                    t.returncode = es.returncode
+            elif t is not None and t._popen.returncode is None:
+                t._popen.returncode = es.returncode
+            w.finish(c, es)
+    return out
+
+
+def set_subreaper(on: bool = True) -> None:
+    """Become (or stop being) the reaper of orphaned descendants
+    (Linux ``PR_SET_CHILD_SUBREAPER``); NotImplementedError elsewhere."""
+    _core.set_subreaper(bool(on))
+
+
+@dataclass
+class StopReport:
+    """What graceful_stop did."""
+
+    exited: list[Child] = field(default_factory=list)
+    killed: list[Child] = field(default_factory=list)
+    elapsed: float = 0.0
+    returncodes: dict[int, int | None] = field(default_factory=dict)
+    alive: list[Child] = field(default_factory=list)
+
+
+def _group_of(c: Child) -> int:
+    try:
+        pgid = os.getpgid(c.pid)
+    except ProcessLookupError:
+        return -1
+    if pgid == os.getpgrp():
+        raise ValueError(f"targets: pid {c.pid} is in this process's own process group; "
+                         "group=True would signal this process too (start it with process_group=0)")
+    return pgid
+
+
+def _signal_all(kids: list[Child], groups: dict[int, int], sig: int) -> None:
+    for c in kids:
+        pgid = groups.get(c.pid, -1)
+        if pgid > 0 and not c._done():
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+        else:
+            c.send_signal(sig)
+
+
+def graceful_stop(
+    targets: Iterable[Target] | Target,
+    timeout: float | None = 10.0,
+    *,
+    signal: int = _signal.SIGTERM,
+    kill_after: bool = True,
+    group: bool = False,
+) -> StopReport:
+    """Signal every target at once, wait for all until one shared deadline,
+    SIGKILL those still running (with kill_after), reap every one."""
+    t = _core.check_timeout(timeout)
+    sig = check_signal(signal, "signal")
+    kids = _as_children(targets)
+    groups = {c.pid: _group_of(c) for c in kids if not c._done()} if group else {}
+    start = time.monotonic()
+    _signal_all(kids, groups, sig)
+    _done, pending = wait(kids, None if t < 0 else t, ALL_EXITED)
+    report = StopReport()
+    if pending and kill_after:
+        late = [c for c in kids if c in pending]
+        _signal_all(late, groups, _signal.SIGKILL)
+        with _watcher.lock:
+            _watcher.escalations += len(late)
+        wait(late, None, ALL_EXITED)
+        report.killed = late
+    if group and kill_after:
+        # Members other than the leader are not our children: SIGKILL whatever
+        # is left of each group once the leader is gone.
+        for pgid in set(groups.values()):
+            if pgid > 0:
+                try:
+                    os.killpg(pgid, _signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+    killed = set(report.killed)
+    report.exited = [c for c in kids if c._done() and c not in killed]
+    report.alive = [c for c in kids if not c._done()]
+    report.elapsed = time.monotonic() - start
+    report.returncodes = {c.pid: (c._status.returncode if c._status else None) for c in kids}
+    return report
+
+
+def terminate(targets: Iterable[Target] | Target, timeout: float | None = None) -> StopReport:
+    """SIGTERM every target now, then wait (up to timeout) and reap."""
+    return graceful_stop(targets, timeout, kill_after=False)
+
+
+def kill(targets: Iterable[Target] | Target) -> StopReport:
+    """SIGKILL every target now, then reap."""
+    return graceful_stop(targets, None, signal=_signal.SIGKILL, kill_after=False)
+
+
+def counters() -> dict[str, Any]:
+    """What fastreap has done in this process: signals its handler saw (by
+    number), children reaped, escalations to SIGKILL, children lost to
+    another reaper, and degraded SIGCHLD scans."""
+    from ._flags import handled_signals
+
+    w = _watcher
+    return {
+        "signals": handled_signals(),
+        "reaped": w.reaped,
+        "escalations": w.escalations,
+        "lost": w.lost,
+        "degraded_scans": w.degraded_scans,
+        "watched": len(w.children),
+        "pidfds": w.pidfds,
+        "backend": "kqueue" if _core.IS_APPLE else ("pidfd" if w.use_pidfd else "sigchld"),
+    }
+
+
+def _after_fork_in_child() -> None:
+    global _watcher
+    old = _watcher
+    old.close_in_child()
+    new = _Watcher()
+    new.sigchld_installed = old.sigchld_installed
+    _watcher = new
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,560 @@
+# cython: language_level=3, freethreading_compatible=True, embedsignature=True
+"""fastreap._core: the compiled core.
+
+Stop flags (their memory, wake-up descriptors and the C handler's tables) and
+the system-call primitives the facade builds on. Every call that blocks runs
+with the GIL released, takes a timeout in seconds measured by the caller on the
+monotonic clock, and returns to Python on EINTR so Python's own signal handlers
+(KeyboardInterrupt, fastreap.Stopped) run before it goes on.
+"""
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from cpython.pycapsule cimport PyCapsule_New
+from libc.errno cimport EAGAIN, ECHILD, EINTR, ENOSYS, errno
+from libc.stdint cimport int64_t, uintptr_t
+from libc.math cimport isnan
+
+from fastreap._csrc.handler cimport *
+from fastreap._csrc.reaper cimport *
+
+import os as _os
+import time as _time
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long off)
+    int munmap(void *addr, size_t length)
+    const int PROT_READ
+    const int PROT_WRITE
+    const int MAP_SHARED
+    void *MAP_FAILED
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+    int ftruncate(int fd, long length)
+    int getpid()
+
+cdef extern from "<sys/wait.h>" nogil:
+    const int CLD_EXITED
+    const int CLD_KILLED
+    const int CLD_DUMPED
+
+cdef extern from "Python.h":
+    int PyErr_SetInterruptEx(int signum) noexcept nogil
+
+cdef extern from "compat.h":
+    const int FASTREAP_LINUX
+    const int FASTREAP_APPLE
+
+NSIG = FASTREAP_NSIG
+MAX_BOUND = FASTREAP_MAX_BOUND
+IS_LINUX = bool(FASTREAP_LINUX)
+IS_APPLE = bool(FASTREAP_APPLE)
+CLD_EXITED_ = CLD_EXITED
+CLD_KILLED_ = CLD_KILLED
+CLD_DUMPED_ = CLD_DUMPED
+
+fr_set_interrupt_fn(PyErr_SetInterruptEx)
+
+
+cdef inline int _raise_errno() except -1:
+    PyErr_SetFromErrno(OSError)
+    return -1
+
+
+cpdef double check_timeout(object timeout, str name="timeout") except -2.0:
+    """Validate a timeout in seconds; return it, or -1.0 for None (forever)."""
+    cdef double t
+    if timeout is None:
+        return -1.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        try:
+            t = float(timeout)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}") from None
+    else:
+        t = timeout
+    if isnan(t):
+        raise ValueError(f"{name} must not be NaN")
+    if t < 0:
+        raise ValueError(f"{name} must be >= 0, got {timeout!r}")
+    return t
+
+
+cdef bint _after_eintr() except -1:
+    """A signal interrupted a wait: run Python's handlers (they may raise)."""
+    PyErr_CheckSignals()
+    return True
+
+
+# ---------------------------------------------------------------- stop flags
+
+cdef object _all_flags = None  # WeakSet of private flags, for the fork hook
+
+
+cdef class StopFlag:
+    """A stop flag: set by fastreap's C signal handler, by set(), or (when
+    shared) by any process that shares it. Checking it is one atomic load."""
+
+    cdef fr_flag _own
+    cdef fr_flag *fp
+    cdef fr_flagmem *_private
+    cdef bint _shared
+    cdef bint _default
+    cdef int _memfd
+    cdef object __weakref__
+
+    def __cinit__(self, *, bint shared=False, _internal=None):
+        self._own.rfd = -1
+        self._own.wfd = -1
+        self._memfd = -1
+        self.fp = &self._own
+        self._shared = shared
+        if _internal == "default":
+            self._default = True
+            self.fp = &fr_default_flag
+            return
+        if isinstance(_internal, tuple):  # rebuilt from a pickle (spawn/forkserver)
+            memfd, rfd, wfd = _internal
+            self._attach_shared(memfd, rfd, wfd)
+            return
+        if shared:
+            self._create_shared()
+        else:
+            self._private = <fr_flagmem *>PyMem_RawCalloc(1, sizeof(fr_flagmem))
+            if self._private == NULL:
+                raise MemoryError()
+            self._own.mem = self._private
+
+    def __init__(self, *, shared=False, _internal=None):
+        if not self._shared and not self._default:
+            _all_flags.add(self)
+
+    cdef _create_shared(self):
+        cdef int rfd = -1, wfd = -1
+        if hasattr(_os, "memfd_create"):
+            memfd = _os.memfd_create("fastreap-flag", _os.MFD_CLOEXEC)
+        else:
+            import tempfile
+            with tempfile.TemporaryFile() as tf:
+                memfd = _os.dup(tf.fileno())
+            _os.set_inheritable(memfd, False)
+        try:
+            if ftruncate(memfd, sizeof(fr_flagmem)) < 0:
+                _raise_errno()
+            if fr_wakefd_open(&rfd, &wfd) < 0:
+                _raise_errno()
+        except BaseException:
+            _os.close(memfd)
+            raise
+        self._attach_shared(memfd, rfd, wfd)
+
+    cdef _attach_shared(self, int memfd, int rfd, int wfd):
+        cdef void *p = mmap(NULL, sizeof(fr_flagmem), PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0)
+        if p == MAP_FAILED:
+            for fd in {memfd, rfd, wfd}:
+                _os.close(fd)
+            _raise_errno()
+        self._shared = True
+        self._memfd = memfd
+        self._own.mem = <fr_flagmem *>p
+        self._own.rfd = rfd
+        self._own.wfd = wfd
+
+    def __dealloc__(self):
+        if self._default:
+            return
+        if self._shared:
+            if self._own.mem != NULL:
+                munmap(self._own.mem, sizeof(fr_flagmem))
+            for fd in {self._memfd, self._own.rfd, self._own.wfd}:
+                if fd >= 0:
+                    close(fd)
+        else:
+            if self._own.rfd >= 0:
+                close(self._own.rfd)
+            if self._own.wfd >= 0 and self._own.wfd != self._own.rfd:
+                close(self._own.wfd)
+            PyMem_RawFree(self._private)
+
+    cdef int _ensure_fd(self) except -1:
+        cdef int rfd, wfd
+        if self.fp.rfd >= 0:
+            return 0
+        if fr_wakefd_open(&rfd, &wfd) < 0:
+            _raise_errno()
+        fr_flag_publish_fds(self.fp, rfd, wfd)
+        return 0
+
+    cdef void _after_fork(self) noexcept:
+        """In a forked child: a private flag gets its own descriptor, on the
+        same numbers so fileno() stays valid."""
+        cdef int rfd, wfd
+        if self._shared or self.fp.rfd < 0:
+            return
+        if fr_wakefd_open(&rfd, &wfd) < 0:
+            return
+        _os.dup2(rfd, self.fp.rfd, inheritable=False)
+        if wfd != rfd:
+            _os.dup2(wfd, self.fp.wfd, inheritable=False)
+            close(wfd)
+        close(rfd)
+        fr_wakefd_drain(self.fp.rfd)
+        if fr_flag_is_set(self.fp):
+            fr_wakefd_poke(self.fp.wfd)
+
+    cdef fr_flag *ptr(self):
+        return self.fp
+
+    def is_set(self):
+        """True once the flag is set (one atomic load)."""
+        return fr_flag_is_set(self.fp) != 0
+
+    def __bool__(self):
+        return fr_flag_is_set(self.fp) != 0
+
+    def set(self):
+        """Set the flag by hand and wake its waiters (in every sharing process)."""
+        fr_flag_set(self.fp, 0, 0)
+
+    def clear(self):
+        """Clear the flag; its descriptor stops being readable."""
+        fr_flag_clear(self.fp)
+
+    def wait(self, timeout=None):
+        """Block with the GIL released until the flag is set or timeout seconds
+        pass; return whether it is set. Ctrl-C and fastreap.Stopped interrupt it."""
+        cdef double t = check_timeout(timeout)
+        cdef double remaining = t
+        cdef int r, rfd
+        if fr_flag_is_set(self.fp):
+            return True
+        self._ensure_fd()
+        rfd = self.fp.rfd
+        deadline = _time.monotonic() + t
+        while True:
+            if fr_flag_is_set(self.fp):
+                return True
+            if t >= 0:
+                remaining = deadline - _time.monotonic()
+                if remaining <= 0:
+                    return False
+            with nogil:
+                r = fr_wait_readable(rfd, -1, remaining)
+            if r < 0:
+                if errno == EINTR:
+                    _after_eintr()
+                    continue
+                _raise_errno()
+            if r == 1 and not fr_flag_is_set(self.fp):
+                # Readable while clear: a racing clear(), or a poke that the
+                # other side of a fork made before it got its own descriptor.
+                fr_wakefd_drain(rfd)
+                if fr_flag_is_set(self.fp):
+                    fr_wakefd_poke(self.fp.wfd)
+
+    def fileno(self):
+        """A descriptor that is readable while the flag is set (for select,
+        selectors and asyncio's add_reader)."""
+        self._ensure_fd()
+        return self.fp.rfd
+
+    @property
+    def signal(self):
+        """The signal number that last set the flag, or None."""
+        cdef int s = fr_flag_signo(self.fp)
+        return s if s > 0 and fr_flag_is_set(self.fp) else None
+
+    @property
+    def sender_pid(self):
+        """The pid that sent that signal (si_pid), or None."""
+        cdef int s = fr_flag_sender(self.fp)
+        return s if s > 0 and fr_flag_is_set(self.fp) else None
+
+    @property
+    def shared(self):
+        """Whether the flag lives in memory shared with other processes."""
+        return bool(self._shared)
+
+    @property
+    def address(self):
+        """Address of the 32-bit flag word (non-zero while set), for C, ctypes
+        and Numba code that polls it; valid while this object lives."""
+        return <uintptr_t>&self.fp.mem.state
+
+    def __repr__(self):
+        kind = "shared" if self._shared else ("default" if self._default else "private")
+        return f"<fastreap.StopFlag {kind} {'set' if self.is_set() else 'clear'}>"
+
+    def __reduce__(self):
+        if not self._shared:
+            raise TypeError(
+                "a private StopFlag cannot be pickled; use StopFlag(shared=True) "
+                "to share it with child processes"
+            )
+        from multiprocessing import context, reduction
+        if context.get_spawning_popen() is None:
+            raise RuntimeError(
+                "a shared StopFlag is passed to child processes only as a Process "
+                "argument (spawn, forkserver) or by fork inheritance"
+            )
+        fds = (reduction.DupFd(self._memfd), reduction.DupFd(self._own.rfd),
+               reduction.DupFd(self._own.wfd) if self._own.wfd != self._own.rfd else None)
+        return (_rebuild_shared_flag, fds)
+
+
+def _rebuild_shared_flag(memfd, rfd, wfd):
+    m = memfd.detach()
+    r = rfd.detach()
+    w = wfd.detach() if wfd is not None else r
+    return StopFlag(shared=True, _internal=(m, r, w))
+
+
+import weakref as _weakref
+_all_flags = _weakref.WeakSet()
+
+default_flag = StopFlag(_internal="default")
+
+
+def stop_requested():
+    """True once the process default stop flag is set (one atomic load)."""
+    return fr_flag_is_set(&fr_default_flag) != 0
+
+
+_stop_flag_capsule = PyCapsule_New(<void *>&fr_default_flag.mem.state, b"fastreap._core._stop_flag", NULL)
+
+
+def _after_fork_in_child():
+    """Give the child its own wake-up descriptors (registered with os.register_at_fork)."""
+    fr_global_wake_reopen()
+    (<StopFlag>default_flag)._after_fork()
+    for f in list(_all_flags):
+        (<StopFlag>f)._after_fork()
+
+
+# ------------------------------------------------------ handler installation
+
+def install(int signo, bint restart, bint chain):
+    """Install the C handler for signo (saving the old disposition once)."""
+    if fr_install(signo, restart, chain) < 0:
+        _raise_errno()
+
+
+def save(int signo):
+    if fr_save(signo) < 0:
+        _raise_errno()
+
+
+def restore(int signo):
+    if fr_restore(signo) < 0:
+        _raise_errno()
+
+
+def is_installed(int signo):
+    return fr_is_installed(signo) != 0
+
+
+def set_exit(int signo, bint on):
+    fr_set_exit(signo, on)
+
+
+def bind(int signo, StopFlag flag):
+    flag._ensure_fd()
+    if fr_bind(signo, flag.ptr()) < 0:
+        _raise_errno()
+
+
+def unbind(int signo, StopFlag flag):
+    fr_unbind(signo, flag.ptr())
+
+
+def quiesce():
+    with nogil:
+        fr_quiesce()
+
+
+def signal_count(int signo):
+    """How many times fastreap's handler has run for signo in this process."""
+    return fr_count(signo)
+
+
+def last_signal():
+    """(signal number, sender pid) of the last signal the handler saw."""
+    return fr_last_signo(), fr_last_sender()
+
+
+def global_wake_fd():
+    """The descriptor every handled signal pokes (opened on first use)."""
+    if fr_global_wake_open() < 0:
+        _raise_errno()
+    return fr_global_wake_rfd()
+
+
+def global_wake_drain():
+    cdef int fd = fr_global_wake_rfd()
+    if fd >= 0:
+        fr_wakefd_drain(fd)
+
+
+def chld_drain():
+    """SIGCHLD senders recorded since the last call, and whether some were lost."""
+    cdef int buf[512]
+    cdef int lost = 0, anylost = 0, n
+    out = []
+    while True:
+        n = fr_chld_drain(buf, 512, &lost)
+        anylost |= lost
+        for i in range(n):
+            out.append(buf[i])
+        if n < 512:
+            break
+    return out, bool(anylost)
+
+
+# ------------------------------------------------------------ reaping, waits
+
+def have_pidfd():
+    return fr_have_pidfd() != 0
+
+
+def poller_open():
+    cdef int fd = fr_poller_open()
+    if fd < 0:
+        _raise_errno()
+    return fd
+
+
+def poller_add_fd(int pfd, int fd, int64_t token):
+    if fr_poller_add_fd(pfd, fd, token) < 0:
+        _raise_errno()
+
+
+def poller_del_fd(int pfd, int fd):
+    if fr_poller_del_fd(pfd, fd) < 0:
+        _raise_errno()
+
+
+def poller_add_pid(int pfd, int pid, int64_t token):
+    if fr_poller_add_pid(pfd, pid, token) < 0:
+        _raise_errno()
+
+
+def poller_del_pid(int pfd, int pid):
+    fr_poller_del_pid(pfd, pid)
+
+
+def poller_wait(int pfd, double timeout):
+    """Wait (GIL released) up to timeout seconds (< 0 forever); return the
+    ready tokens, or [] after a signal (Python's handlers have run)."""
+    cdef int64_t tokens[64]
+    cdef int n
+    with nogil:
+        n = fr_poller_wait(pfd, timeout, tokens, 64)
+    if n < 0:
+        if errno == EINTR:
+            _after_eintr()
+            return []
+        _raise_errno()
+    return [tokens[i] for i in range(n)]
+
+
+def wait_readable(int fd, int fd2, double timeout):
+    """poll() fd (and fd2 if >= 0) with the GIL released: 1, 2, 0 on timeout,
+    -1 after a signal (Python's handlers have run)."""
+    cdef int r
+    with nogil:
+        r = fr_wait_readable(fd, fd2, timeout)
+    if r < 0:
+        if errno == EINTR:
+            _after_eintr()
+            return -1
+        _raise_errno()
+    return r
+
+
+def pidfd_open(int pid, int floor=0):
+    """A pidfd for pid, moved to a number >= floor; OSError on failure."""
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    cdef int fd = fr_pidfd_open(pid, floor)
+    if fd < 0:
+        _raise_errno()
+    return fd
+
+
+def pidfd_send_signal(int pidfd, int sig):
+    if fr_pidfd_send_signal(pidfd, sig) < 0:
+        _raise_errno()
+
+
+def peek(int pid):
+    """None while pid runs, else (si_code, si_status); the child stays
+    waitable. ChildProcessError if pid is not a child of this process."""
+    cdef int code = 0, status = 0, r
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    while True:
+        r = fr_peek(pid, &code, &status)
+        if r < 0 and errno == EINTR:
+            continue
+        break
+    if r < 0:
+        _raise_errno()
+    if r == 0:
+        return None
+    return (code, status)
+
+
+def peek_any():
+    """The pid of some zombie child (not reaped), 0 if none, -1 if no children."""
+    cdef int r = fr_peek_any()
+    if r < 0:
+        if errno == ECHILD:
+            return -1
+        _raise_errno()
+    return r
+
+
+cdef inline tuple _exit_tuple(fr_exit *e):
+    return (e.pid, e.status, e.utime, e.stime, e.maxrss)
+
+
+def reap_pid(int pid):
+    """wait4(pid, WNOHANG): None if still running, else (pid, status, utime,
+    stime, maxrss). ChildProcessError if it is not (or no longer) our child."""
+    cdef fr_exit e
+    cdef int r
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    while True:
+        r = fr_reap_pid(pid, &e)
+        if r < 0 and errno == EINTR:
+            continue
+        break
+    if r < 0:
+        _raise_errno()
+    if r == 0:
+        return None
+    return _exit_tuple(&e)
+
+
+def reap_all():
+    """Reap every exited child (waitpid(-1, WNOHANG) in a C loop, GIL released)."""
+    cdef fr_exit buf[256]
+    cdef int n
+    out = []
+    while True:
+        with nogil:
+            n = fr_reap_all(buf, 256)
+        if n < 0:
+            _raise_errno()
+        for i in range(n):
+            out.append(_exit_tuple(&buf[i]))
+        if n < 256:
+            return out
+
+
+def set_subreaper(bint on):
+    if fr_set_subreaper(on) < 0:
+        if errno == ENOSYS:
+            raise NotImplementedError("set_subreaper needs Linux (PR_SET_CHILD_SUBREAPER)")
+        _raise_errno()

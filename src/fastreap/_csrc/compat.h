@@ -1,0 +1,31 @@
+/* compat.h: platform macros and raw syscall numbers for fastreap.
+ *
+ * pidfd_open / pidfd_send_signal are called through syscall() with the numbers
+ * below so that the extension builds against old headers (manylinux_2_28 ships
+ * glibc 2.28, which has no wrappers) and needs no newer glibc symbol at run time.
+ * The numbers are the same on every Linux architecture since 5.1/5.3 (they were
+ * allocated in the unified syscall table).
+ */
+#ifndef FASTREAP_COMPAT_H
+#define FASTREAP_COMPAT_H
+
+#if defined(__linux__)
+#define FASTREAP_LINUX 1
+#include <sys/syscall.h>
+#ifndef __NR_pidfd_send_signal
+#define __NR_pidfd_send_signal 424
+#endif
+#ifndef __NR_pidfd_open
+#define __NR_pidfd_open 434
+#endif
+#else
+#define FASTREAP_LINUX 0
+#endif
+
+#if defined(__APPLE__)
+#define FASTREAP_APPLE 1
+#else
+#define FASTREAP_APPLE 0
+#endif
+
+#endif /* FASTREAP_COMPAT_H */

@@ -1,0 +1,365 @@
+/* handler.c: fastreap's signal handler and the lock-free state it touches.
+ *
+ * Rules for everything reachable from fr_handler (they are what makes it
+ * async-signal-safe; each function below says which it relies on):
+ *   R1  save errno on entry, restore it on every exit path;
+ *   R2  touch shared state only with __atomic builtins on plain integers and
+ *       pointers: no locks, so a handler that interrupts a thread in the middle
+ *       of an update can never deadlock;
+ *   R3  no allocation, no stdio, no Python object, no Python API except
+ *       PyErr_SetInterruptEx (documented async-signal-safe), reached through a
+ *       function pointer so this file needs no Python.h;
+ *   R4  the only system calls are write(2) on descriptors we own and the
+ *       previous handler we chain to (the caller's responsibility).
+ * Code that is *not* called from the handler (install, bind, drain) runs with
+ * the GIL held in the Python thread that asks for it; it may use any call.
+ */
+#define _GNU_SOURCE 1
+#include "handler.h"
+#include "compat.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <string.h>
+#include <unistd.h>
+#if FASTREAP_LINUX
+#include <sys/eventfd.h>
+#endif
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE_RELAXED(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+static fr_flagmem fr_default_mem;
+fr_flag fr_default_flag = {&fr_default_mem, -1, -1};
+
+/* Per-signal state. Slots hold pointers owned by the Python layer, which keeps
+ * each bound flag alive until it is unbound and fr_quiesce() has returned. */
+static fr_flag *fr_bound[FASTREAP_NSIG][FASTREAP_MAX_BOUND];
+static uint64_t fr_counts[FASTREAP_NSIG];
+static int fr_exit_mode[FASTREAP_NSIG];
+static int fr_chain_kind[FASTREAP_NSIG]; /* 0 none, 1 sa_handler, 2 sa_sigaction */
+static struct sigaction fr_chain_act[FASTREAP_NSIG];
+static struct sigaction fr_saved[FASTREAP_NSIG];
+static int fr_saved_valid[FASTREAP_NSIG];
+static int fr_installed[FASTREAP_NSIG];
+static int (*fr_interrupt_fn)(int);
+static int fr_last_signo_v;
+static int fr_last_sender_v;
+static int fr_inflight;
+static int fr_gw_r = -1, fr_gw_w = -1;
+
+/* SIGCHLD senders, a multi-producer ring read by one consumer under a lock. */
+static int fr_ring[FASTREAP_RING];
+static uint64_t fr_ring_head;
+static uint64_t fr_ring_tail;
+
+/* ---- wake-up descriptors ------------------------------------------------ */
+
+int fr_wakefd_open(int *rfd, int *wfd) {
+#if FASTREAP_LINUX
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) return -1;
+    *rfd = *wfd = fd;
+    return 0;
+#else
+    int p[2];
+    if (pipe(p) < 0) return -1;
+    for (int i = 0; i < 2; i++) {
+        if (fcntl(p[i], F_SETFD, FD_CLOEXEC) < 0 ||
+            fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK) < 0) {
+            int e = errno;
+            close(p[0]);
+            close(p[1]);
+            errno = e;
+            return -1;
+        }
+    }
+    *rfd = p[0];
+    *wfd = p[1];
+    return 0;
+#endif
+}
+
+/* R4: one write(2); a full pipe or saturated eventfd is already readable,
+ * so EAGAIN is success for our purpose. */
+void fr_wakefd_poke(int wfd) {
+#if FASTREAP_LINUX
+    uint64_t one = 1;
+    ssize_t r = write(wfd, &one, sizeof one);
+#else
+    char one = 1;
+    ssize_t r = write(wfd, &one, 1);
+#endif
+    (void)r;
+}
+
+void fr_wakefd_drain(int rfd) {
+    char buf[256];
+    ssize_t r;
+    do {
+        r = read(rfd, buf, sizeof buf);
+    } while (r > 0 || (r < 0 && errno == EINTR));
+}
+
+/* ---- flags ------------------------------------------------------------- */
+
+/* R2 + R4: called from the handler. Last setter's signal and sender win; only
+ * the clear -> set transition writes the descriptor, which stays readable
+ * until fr_flag_clear drains it. */
+int fr_flag_set(fr_flag *f, int signo, int sender) {
+    fr_flagmem *m = f->mem;
+    STORE_RELAXED(&m->sender, sender);
+    STORE_RELAXED(&m->signo, signo);
+    if (__atomic_exchange_n(&m->state, 1, __ATOMIC_SEQ_CST) == 0) {
+        int wfd = LOAD(&f->wfd);
+        if (wfd >= 0) fr_wakefd_poke(wfd);
+    }
+    return 0;
+}
+
+/* Not called from the handler. If a setter races with us after the drain,
+ * the flag is set again and we re-arm the descriptor so "readable while set"
+ * stays true. */
+int fr_flag_clear(fr_flag *f) {
+    fr_flagmem *m = f->mem;
+    if (__atomic_exchange_n(&m->state, 0, __ATOMIC_SEQ_CST) != 0) {
+        STORE_RELAXED(&m->signo, 0);
+        STORE_RELAXED(&m->sender, 0);
+        int rfd = LOAD(&f->rfd);
+        if (rfd >= 0) {
+            fr_wakefd_drain(rfd);
+            if (LOAD(&m->state)) fr_wakefd_poke(LOAD(&f->wfd));
+        }
+    }
+    return 0;
+}
+
+/* Publish the write end before re-checking the state: a handler that sets
+ * the flag after the store sees the descriptor and writes it; one that set it
+ * before is caught by the check. */
+void fr_flag_publish_fds(fr_flag *f, int rfd, int wfd) {
+    STORE(&f->wfd, wfd);
+    STORE(&f->rfd, rfd);
+    if (LOAD(&f->mem->state)) fr_wakefd_poke(wfd);
+}
+
+/* ---- binding ----------------------------------------------------------- */
+
+static int valid_signo(int signo) {
+    return signo > 0 && signo < FASTREAP_NSIG && signo != SIGKILL &&
+           signo != SIGSTOP;
+}
+
+int fr_bind(int signo, fr_flag *f) {
+    if (!valid_signo(signo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int i = 0; i < FASTREAP_MAX_BOUND; i++)
+        if (LOAD(&fr_bound[signo][i]) == f) return 0;
+    for (int i = 0; i < FASTREAP_MAX_BOUND; i++) {
+        fr_flag *expected = NULL;
+        if (__atomic_compare_exchange_n(&fr_bound[signo][i], &expected, f, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 0;
+    }
+    errno = ENOSPC;
+    return -1;
+}
+
+int fr_unbind(int signo, fr_flag *f) {
+    if (signo <= 0 || signo >= FASTREAP_NSIG) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int i = 0; i < FASTREAP_MAX_BOUND; i++) {
+        fr_flag *expected = f;
+        __atomic_compare_exchange_n(&fr_bound[signo][i], &expected, NULL, 0,
+                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    return 0;
+}
+
+/* A handler that loaded a slot just before fr_unbind cleared it may still be
+ * using the flag; wait (bounded) until every running handler has returned. */
+void fr_quiesce(void) {
+    for (long i = 0; i < 1000000 && LOAD(&fr_inflight) > 0; i++) sched_yield();
+}
+
+/* ---- the handler ------------------------------------------------------- */
+
+static void fr_handler(int signo, siginfo_t *info, void *ctx) {
+    int saved_errno = errno; /* R1 */
+    __atomic_add_fetch(&fr_inflight, 1, __ATOMIC_SEQ_CST);
+    if (signo > 0 && signo < FASTREAP_NSIG) {
+        int sender = info ? (int)info->si_pid : 0;
+        __atomic_add_fetch(&fr_counts[signo], 1, __ATOMIC_RELAXED); /* R2 */
+        STORE_RELAXED(&fr_last_sender_v, sender);
+        STORE(&fr_last_signo_v, signo);
+        if (signo == SIGCHLD) {
+            uint64_t i = __atomic_fetch_add(&fr_ring_head, 1, __ATOMIC_SEQ_CST);
+            STORE(&fr_ring[i & (FASTREAP_RING - 1)], sender > 0 ? sender : -1);
+        }
+        for (int i = 0; i < FASTREAP_MAX_BOUND; i++) {
+            fr_flag *f = LOAD(&fr_bound[signo][i]);
+            if (f) fr_flag_set(f, signo, sender);
+        }
+        int gw = LOAD(&fr_gw_w);
+        if (gw >= 0) fr_wakefd_poke(gw); /* R4 */
+        int (*interrupt)(int) = LOAD(&fr_interrupt_fn);
+        if (LOAD(&fr_exit_mode[signo]) && interrupt) interrupt(signo); /* R3 */
+        switch (LOAD(&fr_chain_kind[signo])) {
+            case 1:
+                fr_chain_act[signo].sa_handler(signo);
+                break;
+            case 2:
+                fr_chain_act[signo].sa_sigaction(signo, info, ctx);
+                break;
+            default:
+                break;
+        }
+    }
+    __atomic_sub_fetch(&fr_inflight, 1, __ATOMIC_SEQ_CST);
+    errno = saved_errno; /* R1 */
+}
+
+/* ---- install / restore (not signal context) ---------------------------- */
+
+int fr_save(int signo) {
+    if (!valid_signo(signo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (fr_saved_valid[signo]) return 0;
+    if (sigaction(signo, NULL, &fr_saved[signo]) < 0) return -1;
+    fr_saved_valid[signo] = 1;
+    return 0;
+}
+
+int fr_install(int signo, int restart, int chain) {
+    struct sigaction sa;
+    int newly_saved = !fr_saved_valid[signo];
+    if (fr_save(signo) < 0) return -1;
+    /* Chain only to a real function that was there before us. */
+    const struct sigaction *prev = &fr_saved[signo];
+    int kind = 0;
+    if (chain) {
+        if (prev->sa_flags & SA_SIGINFO) {
+            if (prev->sa_sigaction != fr_handler) kind = 2;
+        } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+            kind = 1;
+        }
+    }
+    STORE(&fr_chain_kind[signo], 0);
+    if (kind) {
+        fr_chain_act[signo] = *prev;
+        STORE(&fr_chain_kind[signo], kind);
+    }
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = fr_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | (restart ? SA_RESTART : 0);
+    if (signo == SIGCHLD) sa.sa_flags |= SA_NOCLDSTOP;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL) < 0) {
+        int e = errno;
+        STORE(&fr_chain_kind[signo], 0);
+        if (newly_saved) fr_saved_valid[signo] = 0;
+        errno = e;
+        return -1;
+    }
+    fr_installed[signo] = 1;
+    return 0;
+}
+
+int fr_restore(int signo) {
+    if (!valid_signo(signo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!fr_saved_valid[signo]) return 0;
+    if (sigaction(signo, &fr_saved[signo], NULL) < 0) return -1;
+    STORE(&fr_exit_mode[signo], 0);
+    STORE(&fr_chain_kind[signo], 0);
+    fr_saved_valid[signo] = 0;
+    fr_installed[signo] = 0;
+    return 0;
+}
+
+int fr_is_installed(int signo) {
+    if (signo <= 0 || signo >= FASTREAP_NSIG) return 0;
+    return fr_installed[signo];
+}
+
+void fr_set_exit(int signo, int on) {
+    if (signo > 0 && signo < FASTREAP_NSIG) STORE(&fr_exit_mode[signo], on ? 1 : 0);
+}
+
+void fr_set_interrupt_fn(int (*fn)(int)) { STORE(&fr_interrupt_fn, fn); }
+
+uint64_t fr_count(int signo) {
+    if (signo <= 0 || signo >= FASTREAP_NSIG) return 0;
+    return LOAD(&fr_counts[signo]);
+}
+
+int fr_last_signo(void) { return LOAD(&fr_last_signo_v); }
+int fr_last_sender(void) { return LOAD_RELAXED(&fr_last_sender_v); }
+
+/* ---- global wake-up descriptor ----------------------------------------- */
+
+int fr_global_wake_rfd(void) { return LOAD(&fr_gw_r); }
+
+int fr_global_wake_open(void) {
+    int r, w;
+    if (LOAD(&fr_gw_r) >= 0) return 0;
+    if (fr_wakefd_open(&r, &w) < 0) return -1;
+    STORE(&fr_gw_r, r);
+    STORE(&fr_gw_w, w);
+    return 0;
+}
+
+/* In a forked child the descriptor is shared with the parent: make a new one
+ * and move it onto the same numbers so nobody holds a stale number. */
+int fr_global_wake_reopen(void) {
+    int r, w, oldr = LOAD(&fr_gw_r), oldw = LOAD(&fr_gw_w);
+    if (oldr < 0) return 0;
+    if (fr_wakefd_open(&r, &w) < 0) return -1;
+#if FASTREAP_LINUX
+    if (dup3(r, oldr, O_CLOEXEC) < 0) return -1;
+    close(r);
+#else
+    if (dup2(r, oldr) < 0 || dup2(w, oldw) < 0) return -1;
+    fcntl(oldr, F_SETFD, FD_CLOEXEC);
+    fcntl(oldw, F_SETFD, FD_CLOEXEC);
+    close(r);
+    close(w);
+#endif
+    (void)oldw;
+    return 0;
+}
+
+/* ---- SIGCHLD ring ------------------------------------------------------ */
+
+int fr_chld_drain(int *out, int max, int *lost) {
+    uint64_t head = LOAD(&fr_ring_head);
+    uint64_t tail = fr_ring_tail;
+    int n = 0;
+    *lost = 0;
+    if (head - tail > FASTREAP_RING) {
+        *lost = 1;
+        tail = head - FASTREAP_RING;
+    }
+    while (tail < head && n < max) {
+        int pid = __atomic_exchange_n(&fr_ring[tail & (FASTREAP_RING - 1)], 0,
+                                      __ATOMIC_SEQ_CST);
+        if (pid > 0)
+            out[n++] = pid;
+        else
+            *lost = 1; /* slot not written yet, or sender unknown */
+        tail++;
+    }
+    fr_ring_tail = tail;
+    return n;
+}

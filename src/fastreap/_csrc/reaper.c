@@ -1,0 +1,262 @@
+/* reaper.c: the blocking and reaping system calls of fastreap.
+ *
+ * Everything here is called with the GIL released (Cython `with nogil`), so it
+ * touches no Python object. Each call either finishes or returns -1 with errno
+ * (EINTR included) so the caller can run Python's signal handlers and go on
+ * with the remaining time: no call here retries EINTR by itself.
+ */
+#define _GNU_SOURCE 1
+#include "reaper.h"
+#include "compat.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if FASTREAP_LINUX
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#elif FASTREAP_APPLE
+#include <sys/event.h>
+#endif
+
+static int timeout_ms(double timeout) {
+    if (timeout < 0) return -1;
+    double ms = ceil(timeout * 1000.0);
+    return ms > 2147483647.0 ? 2147483647 : (int)ms;
+}
+
+static double tv_seconds(struct timeval tv) {
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+/* ---- poller ------------------------------------------------------------ */
+
+int fr_poller_open(void) {
+#if FASTREAP_LINUX
+    return epoll_create1(EPOLL_CLOEXEC);
+#elif FASTREAP_APPLE
+    int kq = kqueue();
+    if (kq >= 0) fcntl(kq, F_SETFD, FD_CLOEXEC);
+    return kq;
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_poller_add_fd(int pfd, int fd, int64_t token) {
+#if FASTREAP_LINUX
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = (uint64_t)token;
+    return epoll_ctl(pfd, EPOLL_CTL_ADD, fd, &ev);
+#elif FASTREAP_APPLE
+    struct kevent ev;
+    EV_SET(&ev, fd, EVFILT_READ, EV_ADD, 0, 0, (void *)(intptr_t)token);
+    return kevent(pfd, &ev, 1, NULL, 0, NULL);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_poller_del_fd(int pfd, int fd) {
+#if FASTREAP_LINUX
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    return epoll_ctl(pfd, EPOLL_CTL_DEL, fd, &ev);
+#elif FASTREAP_APPLE
+    struct kevent ev;
+    EV_SET(&ev, fd, EVFILT_READ, EV_DELETE, 0, 0, NULL);
+    return kevent(pfd, &ev, 1, NULL, 0, NULL);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_poller_add_pid(int pfd, int pid, int64_t token) {
+#if FASTREAP_APPLE
+    struct kevent ev;
+    EV_SET(&ev, pid, EVFILT_PROC, EV_ADD | EV_ONESHOT, NOTE_EXIT, 0,
+           (void *)(intptr_t)token);
+    return kevent(pfd, &ev, 1, NULL, 0, NULL);
+#else
+    (void)pfd;
+    (void)pid;
+    (void)token;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_poller_del_pid(int pfd, int pid) {
+#if FASTREAP_APPLE
+    struct kevent ev;
+    EV_SET(&ev, pid, EVFILT_PROC, EV_DELETE, NOTE_EXIT, 0, NULL);
+    return kevent(pfd, &ev, 1, NULL, 0, NULL);
+#else
+    (void)pfd;
+    (void)pid;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max) {
+#if FASTREAP_LINUX
+    struct epoll_event evs[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(pfd, evs, max, timeout_ms(timeout));
+    for (int i = 0; i < n; i++) tokens[i] = (int64_t)evs[i].data.u64;
+    return n;
+#elif FASTREAP_APPLE
+    struct kevent evs[64];
+    struct timespec ts, *tsp = NULL;
+    if (max > 64) max = 64;
+    if (timeout >= 0) {
+        ts.tv_sec = (time_t)timeout;
+        ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+        tsp = &ts;
+    }
+    int n = kevent(pfd, NULL, 0, evs, max, tsp);
+    for (int i = 0; i < n; i++) tokens[i] = (int64_t)(intptr_t)evs[i].udata;
+    return n;
+#else
+    (void)pfd;
+    (void)timeout;
+    (void)tokens;
+    (void)max;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* ---- pidfd ------------------------------------------------------------- */
+
+int fr_pidfd_open(int pid, int floor) {
+#if FASTREAP_LINUX
+    int fd = (int)syscall(__NR_pidfd_open, pid, 0);
+    if (fd < 0) return -1;
+    if (floor > 0 && fd < floor) {
+        int moved = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+        int e = errno;
+        close(fd);
+        if (moved < 0) {
+            errno = e;
+            return -1;
+        }
+        return moved;
+    }
+    /* pidfd_open sets O_CLOEXEC itself. */
+    return fd;
+#else
+    (void)pid;
+    (void)floor;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_pidfd_send_signal(int pidfd, int sig) {
+#if FASTREAP_LINUX
+    return (int)syscall(__NR_pidfd_send_signal, pidfd, sig, NULL, 0);
+#else
+    (void)pidfd;
+    (void)sig;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_have_pidfd(void) {
+#if FASTREAP_LINUX
+    int fd = (int)syscall(__NR_pidfd_open, getpid(), 0);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---- waiting and reaping ----------------------------------------------- */
+
+int fr_peek(int pid, int *code, int *status) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        return -1;
+    if (si.si_pid == 0) return 0;
+    *code = si.si_code;
+    *status = si.si_status;
+    return 1;
+}
+
+int fr_peek_any(void) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
+    return (int)si.si_pid;
+}
+
+int fr_reap_pid(int pid, fr_exit *out) {
+    struct rusage ru;
+    int status = 0;
+    memset(&ru, 0, sizeof ru);
+    pid_t r = wait4(pid, &status, WNOHANG, &ru);
+    if (r < 0) return -1;
+    if (r == 0) return 0;
+    out->pid = (int)r;
+    out->status = status;
+    out->utime = tv_seconds(ru.ru_utime);
+    out->stime = tv_seconds(ru.ru_stime);
+    out->maxrss = ru.ru_maxrss;
+    return 1;
+}
+
+int fr_reap_all(fr_exit *out, int max) {
+    int n = 0;
+    while (n < max) {
+        int r = fr_reap_pid(-1, &out[n]);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == ECHILD) break;
+            return n ? n : -1;
+        }
+        if (r == 0) break;
+        n++;
+    }
+    return n;
+}
+
+int fr_wait_readable(int fd, int fd2, double timeout) {
+    struct pollfd p[2];
+    p[0].fd = fd;
+    p[0].events = POLLIN;
+    p[0].revents = 0;
+    p[1].fd = fd2;
+    p[1].events = POLLIN;
+    p[1].revents = 0;
+    int r = poll(p, fd2 >= 0 ? 2 : 1, timeout_ms(timeout));
+    if (r <= 0) return r;
+    if (p[0].revents) return 1;
+    return 2;
+}
+
+int fr_set_subreaper(int on) {
+#if FASTREAP_LINUX
+    return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0);
+#else
+    (void)on;
+    errno = ENOSYS;
+    return -1;
+#endif
+}

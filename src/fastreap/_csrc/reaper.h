@@ -1,0 +1,51 @@
+/* reaper.h: blocking waits and reaping primitives, called without the GIL. */
+#ifndef FASTREAP_REAPER_H
+#define FASTREAP_REAPER_H
+
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+
+typedef struct fr_exit {
+    int pid;
+    int status;     /* raw wait status */
+    double utime;   /* seconds */
+    double stime;   /* seconds */
+    long maxrss;    /* kilobytes (Linux) or bytes (macOS), as the kernel says */
+} fr_exit;
+
+/* Event poller: epoll on Linux, kqueue on macOS. Tokens are int64. */
+int fr_poller_open(void);
+int fr_poller_add_fd(int pfd, int fd, int64_t token);
+int fr_poller_del_fd(int pfd, int fd);
+/* macOS: watch a pid's exit directly in kqueue (no descriptor per child);
+ * Linux: ENOSYS (use pidfds). */
+int fr_poller_add_pid(int pfd, int pid, int64_t token);
+int fr_poller_del_pid(int pfd, int pid);
+/* Wait up to timeout seconds (< 0: forever); returns how many tokens were
+ * written, or -1 with errno (EINTR when a signal arrived). */
+int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max);
+
+/* pidfds (Linux >= 5.3); -1 with errno ENOSYS elsewhere. The descriptor is
+ * moved to the lowest free number >= floor, close-on-exec. */
+int fr_pidfd_open(int pid, int floor);
+int fr_pidfd_send_signal(int pidfd, int sig);
+int fr_have_pidfd(void);
+
+/* waitid(P_PID, WEXITED|WNOHANG|WNOWAIT): 1 exited (*code = si_code,
+ * *status = si_status), 0 still running, -1 with errno (ECHILD: not ours). */
+int fr_peek(int pid, int *code, int *status);
+/* waitid(P_ALL, ...WNOWAIT): the pid of some zombie child, 0 if none, -1. */
+int fr_peek_any(void);
+/* wait4(pid, WNOHANG): 1 reaped into *out, 0 not yet, -1 with errno. */
+int fr_reap_pid(int pid, fr_exit *out);
+/* waitpid(-1, WNOHANG) until nothing is left or max entries; count or -1. */
+int fr_reap_all(fr_exit *out, int max);
+
+/* poll(2) two descriptors (fd2 may be -1): 1 fd readable, 2 fd2 readable,
+ * 0 timeout, -1 with errno. */
+int fr_wait_readable(int fd, int fd2, double timeout);
+
+int fr_set_subreaper(int on);
+
+#endif /* FASTREAP_REAPER_H */

@@ -1,0 +1,27 @@
+# The single Cython seam to reaper.h: blocking waits and reaping, called nogil.
+from libc.stdint cimport int64_t
+
+
+cdef extern from "reaper.h" nogil:
+    ctypedef struct fr_exit:
+        int pid
+        int status
+        double utime
+        double stime
+        long maxrss
+
+    int fr_poller_open()
+    int fr_poller_add_fd(int pfd, int fd, int64_t token)
+    int fr_poller_del_fd(int pfd, int fd)
+    int fr_poller_add_pid(int pfd, int pid, int64_t token)
+    int fr_poller_del_pid(int pfd, int pid)
+    int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max)
+    int fr_pidfd_open(int pid, int floor)
+    int fr_pidfd_send_signal(int pidfd, int sig)
+    int fr_have_pidfd()
+    int fr_peek(int pid, int *code, int *status)
+    int fr_peek_any()
+    int fr_reap_pid(int pid, fr_exit *out)
+    int fr_reap_all(fr_exit *out, int max)
+    int fr_wait_readable(int fd, int fd2, double timeout)
+    int fr_set_subreaper(int on)

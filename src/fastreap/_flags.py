@@ -1,0 +1,209 @@
+"""Worker side: stop flags set by fastreap's C signal handler.
+
+The handler itself is plain C (``_csrc/handler.c``); this module decides what to
+install and keeps the books needed to put back exactly what was there.
+
+Chaining policy (what else runs when a handled signal arrives):
+
+* a foreign C handler that was installed before us (``signal.getsignal`` says
+  None) is always called after ours;
+* a Python-level handler set with ``signal.signal`` keeps running (we chain to
+  CPython's C handler, which schedules it for the main thread), except
+  Python's default SIGINT handler: handling SIGINT with fastreap means Ctrl-C
+  sets the flag instead of raising KeyboardInterrupt, until ``restore_signals``;
+* SIG_DFL and SIG_IGN are replaced, not called;
+* with ``exit=True`` the main thread gets ``Stopped`` instead (through
+  ``PyErr_SetInterruptEx``), and Python-level handlers are replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal as _signal
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _core
+from ._core import StopFlag, stop_requested
+
+__all__ = [
+    "StopFlag",
+    "Stopped",
+    "default_flag",
+    "graceful",
+    "handle_signals",
+    "restore_signals",
+    "stop_requested",
+]
+
+DEFAULT_SIGNALS: tuple[int, ...] = (_signal.SIGTERM, _signal.SIGINT)
+
+
+class Stopped(SystemExit):
+    """Raised in the main thread when a handled stop signal arrives with
+    ``exit=True``; its code is 128 + the signal number (143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal = signum
+
+    def __repr__(self) -> str:
+        return f"Stopped({_signal.Signals(self.signal).name}, code={self.code})"
+
+
+@dataclass
+class _Record:
+    """What fastreap changed for one signal, so restore_signals can undo it."""
+
+    flags: list[StopFlag] = field(default_factory=list)
+    exit: bool = False
+    py_changed: bool = False
+    py_prev: Any = None
+
+
+_lock = threading.RLock()
+_installed: dict[int, _Record] = {}
+
+
+def default_flag() -> StopFlag:
+    """The process default stop flag (what stop_requested() reads)."""
+    return _core.default_flag  # type: ignore[no-any-return]
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def check_signal(sig: object, name: str = "signal", *, allow_zero: bool = False) -> int:
+    """Validate one signal number (int or signal.Signals); return it as int."""
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"{name} must be a signal number, not {type(sig).__name__}")
+    s = int(sig)
+    if allow_zero and s == 0:
+        return 0
+    if not 0 < s < _core.NSIG:
+        raise ValueError(f"{name} must be a valid signal number, got {s}")
+    return s
+
+
+def _check_handled(signals: object) -> tuple[int, ...]:
+    if isinstance(signals, int):
+        signals = (signals,)
+    if not isinstance(signals, Iterable):
+        raise TypeError(f"signals must be a signal number or an iterable of them, not {type(signals).__name__}")
+    out: list[int] = []
+    for sig in signals:
+        s = check_signal(sig, "signals")
+        if s in (_signal.SIGKILL, _signal.SIGSTOP):
+            raise ValueError(f"signals: {_signal.Signals(s).name} cannot be caught")
+        if s not in out:
+            out.append(s)
+    return tuple(out)
+
+
+def _is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def handle_signals(
+    signals: Iterable[int] | int = DEFAULT_SIGNALS,
+    flag: StopFlag | None = None,
+    *,
+    exit: bool = False,
+) -> StopFlag:
+    """Install fastreap's C handler for ``signals`` (from any thread); each
+    arrival sets ``flag`` (the process default flag when None). With
+    ``exit=True`` the main thread also gets ``Stopped`` at its next bytecode.
+    Idempotent; ``restore_signals`` undoes it."""
+    sigs = _check_handled(signals)
+    if flag is None:
+        flag = _core.default_flag
+    elif not isinstance(flag, StopFlag):
+        raise TypeError(f"flag must be a fastreap.StopFlag or None, not {type(flag).__name__}")
+    if exit and not _is_main_thread():
+        # Python runs exception-raising handlers only in the main thread and
+        # lets only the main thread set them (signal.signal).
+        raise ValueError("exit=True must be asked for from the main thread; other threads may use exit=False")
+    with _lock:
+        for s in sigs:
+            rec = _installed.get(s)
+            new = rec is None
+            if rec is None:
+                rec = _Record()
+            try:
+                if new:
+                    rec.py_prev = _signal.getsignal(s)  # None means a foreign C handler
+                if exit and not rec.exit:
+                    _core.save(s)  # the original C disposition, before signal.signal touches it
+                    _signal.signal(s, _raise_stopped)
+                    rec.py_changed = rec.exit = True
+                if rec.exit:
+                    chain = rec.py_prev is None  # only a foreign C handler
+                else:
+                    chain = rec.py_prev is None or (
+                        callable(rec.py_prev) and rec.py_prev is not _signal.default_int_handler
+                    )
+                if flag not in rec.flags:
+                    _core.bind(s, flag)
+                    rec.flags.append(flag)
+                _core.install(s, False, chain)
+                _core.set_exit(s, rec.exit)
+            except BaseException:
+                if new:
+                    _undo(s, rec)
+                raise
+            _installed[s] = rec
+    return flag
+
+
+def _undo(s: int, rec: _Record) -> None:
+    if rec.py_changed:
+        prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
+        _signal.signal(s, prev)
+    _core.restore(s)
+    for f in rec.flags:
+        _core.unbind(s, f)
+
+
+def restore_signals(signals: Iterable[int] | int | None = None) -> None:
+    """Put back exactly the dispositions fastreap replaced (all, or those named)."""
+    with _lock:
+        sigs = list(_installed) if signals is None else [s for s in _check_handled(signals) if s in _installed]
+        if not _is_main_thread() and any(_installed[s].py_changed for s in sigs):
+            raise ValueError("these signals were handled with exit=True; restore them from the main thread")
+        for s in sigs:
+            _undo(s, _installed.pop(s))
+        _core.quiesce()
+
+
+@contextlib.contextmanager
+def graceful(
+    signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = False
+) -> Iterator[StopFlag]:
+    """Handle ``signals`` inside the block (yielding the default flag) and
+    restore, on the way out, those that were not handled before it."""
+    sigs = _check_handled(signals)
+    with _lock:
+        before = set(_installed)
+    flag = handle_signals(sigs, exit=exit)
+    try:
+        yield flag
+    finally:
+        restore_signals([s for s in sigs if s not in before])
+
+
+def handled_signals() -> dict[int, int]:
+    """Signal number -> how many times fastreap's handler has run for it."""
+    return {s: _core.signal_count(s) for s in range(1, _core.NSIG) if _core.signal_count(s)}
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    _core._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
