@@ -523,6 +523,14 @@ def _is_mp_process(target: object) -> bool:
     return isinstance(target, mpp.BaseProcess)
 
 
+def _is_forkserver_popen(popen: object) -> bool:
+    try:
+        from multiprocessing import popen_forkserver
+    except ImportError:  # pragma: no cover - platforms without forkserver
+        return False
+    return isinstance(popen, popen_forkserver.Popen)
+
+
 def watch(target: Target) -> Child:
     """Watch a child: an ``int`` pid, a ``subprocess.Popen``, a started
     ``multiprocessing.Process`` (or a Child, returned as is)."""
@@ -539,10 +547,8 @@ def watch(target: Target) -> Child:
             raise ValueError(f"target: {target!r} is not started")
         if target._parent_pid != os.getpid():
             raise ChildProcessError(f"target: {target!r} was started by another process")
-        from multiprocessing import popen_fork
-
         pid, obj = target.pid, target
-        foreign = not isinstance(popen, popen_fork.Popen)  # forkserver: a child of the server
+        foreign = _is_forkserver_popen(popen)  # a child of the fork server, not ours
     else:
         pid = _check_pid(target)
     w._check_open()
