@@ -250,7 +250,7 @@ class _Watcher:
         try:
             peeked = _core.peek(child.pid)
         except ChildProcessError:
-            rc = _target_returncode(t)
+            rc = _owner_returncode(t)
             self.finish(child, None if rc is None else ExitStatus._from_returncode(child.pid, rc))
             return True
         if peeked is None:
@@ -326,6 +326,9 @@ class _Watcher:
         deadline = None if timeout < 0 else time.monotonic() + timeout
         with self.cond:
             self._check_open()
+            if not pred() and self.pfd >= 0:
+                # Collect exits that already happened (timeout 0 must see them).
+                self.process(_core.poller_wait(self.pfd, 0.0))
             while not pred():
                 remaining = -1.0
                 if deadline is not None:
@@ -386,6 +389,24 @@ _watcher = _Watcher()
 
 def _get_watcher() -> _Watcher:
     return _watcher
+
+
+def _owner_returncode(t: Any) -> int | None:
+    """After ECHILD: the code the child's owner found if it reaped it itself
+    (a concurrent Popen.wait() or Process.join()), else None (lost)."""
+    if isinstance(t, subprocess.Popen):
+        # Popen reaps and stores returncode under _waitpid_lock: once we hold
+        # it, a concurrent wait() has finished publishing.
+        with t._waitpid_lock:
+            return t.returncode
+    if t is None or t._popen is None:
+        return None
+    # multiprocessing has no lock: its joiner stores returncode right after
+    # waitpid() returns, once it gets the GIL. Give it a bounded moment.
+    deadline = time.monotonic() + 0.1
+    while t._popen.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    return t._popen.returncode  # type: ignore[no-any-return]
 
 
 def _target_returncode(t: Any) -> int | None:
