@@ -341,3 +341,26 @@ def test_coalesced_sigchld_many_at_once() -> None:
     p = run_program("children_many.py", "300", env=env)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and "OK" in out, err
+
+
+def test_leader_wakes_when_another_thread_reaps(backend: str) -> None:
+    # A thread leads (blocked in epoll) for [x, y]; the main thread reaps x
+    # through is_alive(). The leader must still return with x done, whether
+    # its pidfd or the SIGCHLD wake-up was what told it.
+    w = _children._watcher
+    for _ in range(30):
+        x, y = sleeper(), sleeper()
+        cx, cy = fastreap.watch(x), fastreap.watch(y)
+        res: list[tuple[set[fastreap.Child], set[fastreap.Child]]] = []
+        t = threading.Thread(target=lambda: res.append(fastreap.wait([cx, cy], 30)))
+        t.start()
+        while not w.leading:
+            time.sleep(0.001)
+        x.send_signal(signal.SIGKILL)
+        while cx.is_alive():
+            pass
+        t.join(30)
+        assert not t.is_alive()
+        assert res[0][0] == {cx}
+        cy.kill()
+        assert cy.wait() == -9 and x.returncode == -9
