@@ -128,6 +128,10 @@ class _Watcher:
         self.cond = threading.Condition(self.lock)
         self.leading = False
         self.closed = False
+        # pidfds of children finished by another thread while a leader blocks
+        # in epoll: kept registered (and readable) so the leader wakes up and
+        # sees the news; closed by the leader when it returns.
+        self.deferred: list[int] = []
         self.pfd = -1
         self.children: dict[int, Child] = {}
         self.sigchld_path: set[int] = set()
@@ -205,11 +209,15 @@ class _Watcher:
             except (OSError, ValueError):
                 pass  # the Process was closed: its sentinel (and registration) are gone
         elif child._pidfd >= 0:
+            self.pidfds -= 1
+            if self.leading:
+                self.deferred.append(child._pidfd)
+                child._pidfd = -1
+                return
             try:
                 _core.poller_del_fd(self.pfd, child._pidfd)
             except OSError:
                 pass
-            self.pidfds -= 1
         elif _core.IS_APPLE:
             _core.poller_del_pid(self.pfd, child.pid)
         if child._pidfd >= 0:
@@ -250,7 +258,7 @@ class _Watcher:
         try:
             peeked = _core.peek(child.pid)
         except ChildProcessError:
-            rc = _target_returncode(t)
+            rc = _owner_returncode(t)
             self.finish(child, None if rc is None else ExitStatus._from_returncode(child.pid, rc))
             return True
         if peeked is None:
@@ -326,6 +334,9 @@ class _Watcher:
         deadline = None if timeout < 0 else time.monotonic() + timeout
         with self.cond:
             self._check_open()
+            if not pred() and self.pfd >= 0 and not self.leading:
+                # Collect exits that already happened (timeout 0 must see them).
+                self.process(_core.poller_wait(self.pfd, 0.0))
             while not pred():
                 remaining = -1.0
                 if deadline is not None:
@@ -343,14 +354,26 @@ class _Watcher:
                 finally:
                     self.lock.acquire()
                     self.leading = False
+                    self._close_deferred()
                     self.cond.notify_all()
                 self.process(tokens)
             return True
 
+    def _close_deferred(self) -> None:
+        for fd in self.deferred:
+            try:
+                _core.poller_del_fd(self.pfd, fd)
+            except OSError:
+                pass
+            os.close(fd)
+        self.deferred.clear()
+
     def poll_now(self) -> None:
-        """Reap whatever is ready without blocking (for is_alive and asyncio)."""
+        """Reap whatever is ready without blocking (for is_alive and asyncio).
+        Not while a leader waits: draining the wake-up descriptor under it
+        would leave it asleep with its news consumed; it reaps promptly."""
         with self.lock:
-            if self.pfd < 0 or self.closed:
+            if self.pfd < 0 or self.closed or self.leading:
                 return
             self.process(_core.poller_wait(self.pfd, 0.0))
 
@@ -366,6 +389,9 @@ class _Watcher:
             if c._pidfd >= 0:
                 os.close(c._pidfd)
                 c._pidfd = -1
+        for fd in self.deferred:
+            os.close(fd)
+        self.deferred.clear()
         if self.pfd >= 0:
             os.close(self.pfd)
             self.pfd = -1
@@ -386,6 +412,24 @@ _watcher = _Watcher()
 
 def _get_watcher() -> _Watcher:
     return _watcher
+
+
+def _owner_returncode(t: Any) -> int | None:
+    """After ECHILD: the code the child's owner found if it reaped it itself
+    (a concurrent Popen.wait() or Process.join()), else None (lost)."""
+    if isinstance(t, subprocess.Popen):
+        # Popen reaps and stores returncode under _waitpid_lock: once we hold
+        # it, a concurrent wait() has finished publishing.
+        with t._waitpid_lock:
+            return t.returncode
+    if t is None or t._popen is None:
+        return None
+    # multiprocessing has no lock: its joiner stores returncode right after
+    # waitpid() returns, once it gets the GIL. Give it a bounded moment.
+    deadline = time.monotonic() + 0.1
+    while t._popen.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    return t._popen.returncode  # type: ignore[no-any-return]
 
 
 def _target_returncode(t: Any) -> int | None:

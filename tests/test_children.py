@@ -1,0 +1,366 @@
+"""The parent side: watch, Child, ExitStatus, wait, reap, set_subreaper, counters."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import fastreap
+from fastreap import _children
+from conftest import run_program, wait_ready
+
+
+@pytest.fixture(params=["pidfd", "sigchld"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on the pidfd+epoll watcher and on the SIGCHLD-ring watcher."""
+    old = _children._watcher
+    new = _children._Watcher()
+    if request.param == "sigchld":
+        new.use_pidfd = False
+    elif not new.use_pidfd:
+        pytest.skip("no pidfd on this kernel")
+    new.sigchld_installed = old.sigchld_installed
+    _children._watcher = new
+    try:
+        yield request.param
+    finally:
+        _children._watcher = old
+        if new.pfd >= 0:
+            os.close(new.pfd)
+        old.sigchld_installed = new.sigchld_installed
+
+
+def sh(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["/bin/sh", "-c", code])
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["/bin/sleep", "60"])
+
+
+def _exit3() -> None:
+    os._exit(3)
+
+
+def _sleep() -> None:
+    time.sleep(60)
+
+
+# ---- watch targets and ExitStatus ----------------------------------------
+
+def test_watch_int_popen_child(backend: str) -> None:
+    spid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ)
+    cs = fastreap.watch(spid)
+    assert fastreap.watch(cs) is cs and fastreap.watch(spid) is cs
+    cs.kill()
+    assert cs.wait() == -9
+    c = fastreap.watch(os.posix_spawn("/bin/sh", ["sh", "-c", "exit 5"], os.environ))
+    assert c.wait() == 5
+    st = c.status
+    assert st is not None and st.exit_code == 5 and st.signal is None and st.returncode == 5
+    assert not c.is_alive()
+    p2 = sh("exit 6")
+    assert fastreap.watch(p2).wait() == 6 and p2.wait() == 6 and p2.poll() == 6
+
+
+def test_watch_started_process(backend: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    pr = ctx.Process(target=_exit3)
+    pr.start()
+    c = fastreap.watch(pr)
+    assert c.wait() == 3
+    assert pr.exitcode == 3
+    pr.join()
+    assert pr.exitcode == 3
+
+
+def test_signal_status_and_rusage(backend: str) -> None:
+    p = sleeper()
+    c = fastreap.watch(p)
+    assert c.is_alive() and c.returncode is None and c.status is None
+    c.kill()
+    assert c.wait() == -9
+    st = c.status
+    assert st is not None and st.signal == signal.SIGKILL and st.exit_code is None and not st.core_dumped
+    assert p.wait() == -9
+    # rusage: a child that burns CPU and allocates 64 MiB
+    p = subprocess.Popen([sys.executable, "-c",
+                          "b = bytearray(64 << 20)\nfor i in range(3_000_000): pass"])
+    c = fastreap.watch(p)
+    assert c.wait() == 0
+    st = c.status
+    assert st is not None and st.user_time is not None and st.user_time > 0.01
+    assert st.system_time is not None and st.system_time >= 0
+    assert st.max_rss is not None and st.max_rss > 64 * 1024  # KiB on Linux
+
+
+def test_core_dumped(backend: str) -> None:
+    def allow_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        os.chdir("/tmp")
+    try:
+        p = subprocess.Popen([sys.executable, "-c", "import os; os.abort()"], preexec_fn=allow_core,
+                             stderr=subprocess.DEVNULL)
+    except (ValueError, OSError):
+        pytest.skip("cannot raise RLIMIT_CORE")
+    c = fastreap.watch(p)
+    assert c.wait() == -signal.SIGABRT
+    st = c.status
+    assert st is not None and st.signal == signal.SIGABRT
+    with open("/proc/sys/kernel/core_pattern") as f:
+        pattern = f.read().strip()
+    if pattern.startswith("|") or pattern == "":
+        # A piped handler may still report the dump; only assert when it is a file.
+        return
+    assert st.core_dumped
+
+
+def test_signal_after_reap_is_silent_noop(backend: str) -> None:
+    p = sh("exit 0")
+    c = fastreap.watch(p)
+    assert c.wait() == 0
+    c.send_signal(signal.SIGTERM)
+    c.terminate()
+    c.kill()
+    assert c.returncode == 0
+
+
+def test_terminate(backend: str) -> None:
+    c = fastreap.watch(sleeper())
+    c.terminate()
+    assert c.wait() == -signal.SIGTERM
+
+
+# ---- wait ------------------------------------------------------------------
+
+def test_wait_timeouts(backend: str) -> None:
+    a, b = sleeper(), sh("exit 2")
+    ca, cb = fastreap.watch(a), fastreap.watch(b)
+    assert ca.wait(0) is None
+    assert ca.wait(0.05) is None
+    done, pending = fastreap.wait([ca, cb], None, fastreap.FIRST_EXITED)
+    assert done == {cb} and pending == {ca}
+    done, pending = fastreap.wait([ca, cb], 0, fastreap.ALL_EXITED)
+    assert done == {cb} and pending == {ca}
+    done, pending = fastreap.wait([ca, cb], 0.05, fastreap.ALL_EXITED)
+    assert pending == {ca}
+    ca.kill()
+    done, pending = fastreap.wait([ca, cb], 30, fastreap.ALL_EXITED)
+    assert done == {ca, cb} and not pending
+    assert fastreap.wait([], 0) == (set(), set())
+
+
+def test_wait_zero_sees_exit_already_happened(backend: str) -> None:
+    for use_wait in (False, True):
+        p = sleeper()
+        c = fastreap.watch(p)
+        os.kill(p.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)  # a zombie now, nobody polled yet
+        if use_wait:
+            assert fastreap.wait([c], 0)[0] == {c}
+        else:
+            assert c.wait(0) == -9
+
+
+def test_wait_from_many_threads(backend: str) -> None:
+    kids = [fastreap.watch(sleeper()) for _ in range(4)]
+    out: list[int | None] = []
+    ts = [threading.Thread(target=lambda k=k: out.append(k.wait(30))) for k in kids]
+    for t in ts:
+        t.start()
+    for k in kids:
+        k.kill()
+    for t in ts:
+        t.join()
+    assert sorted(out) == [-9] * 4  # type: ignore[type-var]
+
+
+def test_sigint_interrupts_wait() -> None:
+    p = run_program("children_sigint.py")
+    wait_ready(p)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "INTERRUPTED" in out and "RC -9" in out
+
+
+# ---- never steal, write-back, lost ---------------------------------------
+
+def test_never_steals_unwatched_popen(backend: str) -> None:
+    other = sh("exit 9")
+    watched = [fastreap.watch(sh("exit 1")) for _ in range(3)]
+    os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # foreign zombie in front
+    done, pending = fastreap.wait(watched, 30, fastreap.ALL_EXITED)
+    assert not pending and all(c.returncode == 1 for c in watched)
+    assert other.wait() == 9  # its own wait gets the true code
+
+
+@pytest.mark.parametrize("code", ["exit 3", "kill -9 $$"])
+def test_popen_writeback_with_concurrent_wait(backend: str, code: str) -> None:
+    want = 3 if "exit" in code else -9
+    for _ in range(30):
+        p = sh(code)
+        c = fastreap.watch(p)
+        got: list[int] = []
+        t = threading.Thread(target=lambda: got.append(p.wait()))
+        t.start()
+        assert c.wait(30) == want
+        t.join()
+        assert got == [want] and p.poll() == want
+
+
+def test_popen_writeback_without_concurrent_wait(backend: str) -> None:
+    p = sh("kill -9 $$")
+    assert fastreap.watch(p).wait() == -9
+    assert p.returncode == -9 and p.poll() == -9 and p.wait() == -9
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_process_writeback(backend: str, concurrent: bool) -> None:
+    ctx = multiprocessing.get_context("fork")
+    for i in range(20 if concurrent else 2):
+        pr = ctx.Process(target=_exit3 if i % 2 == 0 else _sleep)
+        pr.start()
+        c = fastreap.watch(pr)
+        t = threading.Thread(target=pr.join)
+        if concurrent:
+            t.start()
+        if i % 2:
+            c.kill()
+        want = 3 if i % 2 == 0 else -9
+        assert c.wait(30) == want
+        if concurrent:
+            t.join()
+        assert pr.exitcode == want
+        pr.join()
+        assert pr.exitcode == want
+
+
+def test_reaped_by_someone_else_is_lost(backend: str) -> None:
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 0"], os.environ)
+    c = fastreap.watch(pid)
+    os.waitpid(pid, 0)
+    with pytest.raises(fastreap.ChildLostError):
+        c.wait(30)
+    assert c.lost and c.returncode is None and c.status is None
+    assert fastreap.counters()["lost"] >= 1
+
+
+# ---- reap, subreaper, counters -------------------------------------------
+
+def test_reap_steals_and_delivers(backend: str) -> None:
+    unwatched = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 2"], os.environ)
+    p = sleeper()
+    c = fastreap.watch(p)
+    os.kill(p.pid, signal.SIGKILL)
+    for pid in (unwatched, p.pid):
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    got = {s.pid: s for s in fastreap.reap()}
+    assert got[unwatched].exit_code == 2
+    assert c.returncode == -9 and p.returncode == -9
+    with pytest.raises(ChildProcessError):
+        os.waitpid(unwatched, os.WNOHANG)
+
+
+def test_set_subreaper() -> None:
+    p = run_program("children_subreaper.py")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and "OK" in out, err
+
+
+def test_counters(backend: str) -> None:
+    before = fastreap.counters()
+    assert before["backend"] == ("pidfd" if backend == "pidfd" else "sigchld")
+    c = fastreap.watch(sh("exit 0"))
+    assert fastreap.counters()["watched"] == before["watched"] + 1 or c.returncode is not None
+    c.wait()
+    after = fastreap.counters()
+    assert after["reaped"] == before["reaped"] + 1 and after["watched"] == before["watched"]
+    r = fastreap.graceful_stop([fastreap.watch(sleeper())], 0.0, signal=signal.SIGCONT)
+    assert len(r.killed) == 1
+    assert fastreap.counters()["escalations"] == after["escalations"] + 1
+
+
+# ---- bad input ---------------------------------------------------------------
+
+def test_bad_input(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object) -> None:
+        raise AssertionError("reached a system call")
+    monkeypatch.setattr(os, "kill", boom)
+    monkeypatch.setattr(os, "waitpid", boom)
+    for pid in (0, -1, -12345):
+        with pytest.raises(ValueError, match="target"):
+            fastreap.watch(pid)
+        with pytest.raises(ValueError):
+            fastreap.wait([pid])
+    monkeypatch.undo()
+    with pytest.raises(ChildProcessError, match="not a child"):
+        fastreap.watch(1)
+    with pytest.raises(ChildProcessError):
+        fastreap.watch(os.getpid())
+    with pytest.raises(ValueError, match="not started"):
+        fastreap.watch(multiprocessing.get_context("fork").Process(target=_exit3))
+    for bad in ("12", 1.5, True, None, object()):
+        with pytest.raises(TypeError):
+            fastreap.watch(bad)  # type: ignore[arg-type]
+    c = fastreap.watch(sh("exit 0"))
+    for t in (-1, -0.5, math.nan):
+        with pytest.raises(ValueError, match="timeout"):
+            c.wait(t)
+        with pytest.raises(ValueError, match="timeout"):
+            fastreap.wait([c], t)
+    with pytest.raises(ValueError, match="return_when"):
+        fastreap.wait([c], 0, "SOME")
+    assert c.wait() == 0
+
+
+# ---- scale ---------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_backend", ["auto", "sigchld"])
+def test_10000_sleepers_under_1024_fds(env_backend: str) -> None:
+    env = dict(os.environ, FASTREAP_BACKEND=env_backend)
+    p = run_program("children_many.py", "10000", env=env)
+    out, err = p.communicate(timeout=110)
+    assert p.returncode == 0 and "OK" in out, err
+
+
+def test_coalesced_sigchld_many_at_once() -> None:
+    env = dict(os.environ, FASTREAP_BACKEND="sigchld")
+    p = run_program("children_many.py", "300", env=env)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "OK" in out, err
+
+
+def test_leader_wakes_when_another_thread_reaps(backend: str) -> None:
+    # A thread leads (blocked in epoll) for [x, y]; the main thread reaps x
+    # through is_alive(). The leader must still return with x done, whether
+    # its pidfd or the SIGCHLD wake-up was what told it.
+    w = _children._watcher
+    for _ in range(30):
+        x, y = sleeper(), sleeper()
+        cx, cy = fastreap.watch(x), fastreap.watch(y)
+        res: list[tuple[set[fastreap.Child], set[fastreap.Child]]] = []
+        t = threading.Thread(target=lambda: res.append(fastreap.wait([cx, cy], 30)))
+        t.start()
+        while not w.leading:
+            time.sleep(0.001)
+        x.send_signal(signal.SIGKILL)
+        while cx.is_alive():
+            pass
+        t.join(30)
+        assert not t.is_alive()
+        assert res[0][0] == {cx}
+        cy.kill()
+        assert cy.wait() == -9 and x.returncode == -9
