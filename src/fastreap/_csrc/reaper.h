@@ -48,4 +48,15 @@ int fr_wait_readable(int fd, int fd2, double timeout);
 
 int fr_set_subreaper(int on);
 
+/* C references for `fastreap bench` (what the same work costs with no Python
+ * in the way). Each returns nanoseconds per iteration, or -1 with errno. */
+/* n times: fork(); the child _exit(0)s; waitpid(pid) in the parent. */
+double fr_cref_fork_wait(int n);
+/* n times: fork a child that waits for a go byte on a pipe, stamps
+ * CLOCK_MONOTONIC into shared memory and _exit(0)s; the parent holds a pidfd
+ * and poll()s it. Writes n latencies (stamp -> poll return, ns) into out. */
+int fr_cref_pidfd_latency(int n, double *out);
+/* n acquire loads of the process default stop flag. */
+double fr_cref_flag_load(long n);
+
 #endif /* FASTREAP_REAPER_H */

@@ -25,3 +25,6 @@ cdef extern from "reaper.h" nogil:
     int fr_reap_all(fr_exit *out, int max)
     int fr_wait_readable(int fd, int fd2, double timeout)
     int fr_set_subreaper(int on)
+    double fr_cref_fork_wait(int n)
+    int fr_cref_pidfd_latency(int n, double *out)
+    double fr_cref_flag_load(long n)
