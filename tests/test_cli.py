@@ -243,16 +243,13 @@ def test_subreaper_reaps_and_stops_daemonized_grandchild() -> None:
     _assert_orphan_reaped(out, err)
 
 
-def test_orphan_ignoring_sigterm_is_killed_after_grace(tmp_path: os.PathLike[str]) -> None:
+def test_orphan_ignoring_sigterm_is_killed_after_grace() -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("subreaper is Linux only")
-    script = os.path.join(tmp_path, "stubborn.sh")
-    with open(script, "w") as f:
-        # The daemon ignores SIGTERM and survives its parent.
-        f.write("#!/bin/sh\n(trap '' TERM; exec sleep 60) </dev/null >/dev/null 2>&1 &\necho ORPHAN $!\n")
-    os.chmod(script, 0o755)
-    rc, out, err = Run("-v", "--subreaper", "--grace", "0.3", "--", script).finish()
+    r = Run("-v", "--subreaper", "--grace", "0.3", "--", sys.executable, TARGET, "orphan", "stubborn")
+    rc, out, err = r.finish()
     assert rc == 0, err
     orphan = int(out.split()[1])
+    assert f"orphan pid {orphan}: SIGTERM" in err
     assert f"orphan pid {orphan}: SIGKILL" in err
     assert f"reaped pid {orphan} (returncode -{int(signal.SIGKILL)})" in err

@@ -4,8 +4,8 @@
 MODE: exit N            exit with N at once
       wait              print READY, then print SIG <name> per signal; exit 0 on SIGTERM/SIGINT
       ignore-term       like wait, but SIGTERM is printed and ignored
-      orphan            start a daemonized grandchild (double fork, new session) that
-                        sleeps; print ORPHAN <pid>; exit 0
+      orphan [stubborn] start a daemonized grandchild (double fork, new session) that
+                        sleeps (ignoring SIGTERM if stubborn); print ORPHAN <pid>; exit 0
       group             start a child in the same process group, both print SIG lines
       killself N        kill itself with signal N
 """
@@ -61,6 +61,8 @@ elif mode == "orphan":
     if pid == 0:
         os.setsid()
         if os.fork() == 0:
+            if sys.argv[2:] == ["stubborn"]:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # before it is announced
             os.close(r)
             os.write(w, f"{os.getpid()}\n".encode())
             os.close(w)
