@@ -565,6 +565,8 @@ def set_subreaper(bint on):
 def _cref_fork_wait(int n):
     """ns per child for n rounds of fork / _exit(0) / waitpid, all in C."""
     cdef double r
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
     with nogil:
         r = fr_cref_fork_wait(n)
     if r < 0:
@@ -595,6 +597,8 @@ def _cref_pidfd_latency(int n):
 def _cref_flag_load(long n):
     """ns per acquire load of the default stop flag in a C loop."""
     cdef double r
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
     with nogil:
         r = fr_cref_flag_load(n)
     if r < 0:
