@@ -253,3 +253,20 @@ def test_orphan_ignoring_sigterm_is_killed_after_grace() -> None:
     assert f"orphan pid {orphan}: SIGTERM" in err
     assert f"orphan pid {orphan}: SIGKILL" in err
     assert f"reaped pid {orphan} (returncode -{int(signal.SIGKILL)})" in err
+
+
+# -- terminal ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["group", "same-group"])
+def test_terminal_stays_usable_for_cmd(group: bool) -> None:
+    """On a controlling terminal, CMD can read it; with --group its own group
+    is made the foreground group (as tini does), so Ctrl-C and Ctrl-Z reach
+    CMD's group and no SIGTTIN stops it."""
+    args = ["--group"] if group else []
+    r = subprocess.run([sys.executable, str(PROGRAMS / "cli_tty.py"), *args],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert f"RESULT FG True OWNGROUP {group}" in r.stdout
+    assert "RESULT GOT hello" in r.stdout
+    assert "EXIT 0" in r.stdout
