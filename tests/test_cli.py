@@ -212,6 +212,18 @@ def test_group_signals_whole_group(ns: bool) -> None:
     assert f"SIG SIGTERM {child}" in out and f"SIG SIGTERM {leader}" in out
 
 
+def test_group_member_ignoring_sigterm_is_killed_after_grace() -> None:
+    # Not PID 1, no subreaper: the member is not fastreap's child, yet --group
+    # means fastreap does not leave before the group is gone.
+    r = Run("-v", "--group", "--grace", "0.3", "--", sys.executable, TARGET, "group-stubborn")
+    ready = dict(r.ready("READY").split()[1:] for _ in range(2))
+    r.send(signal.SIGTERM)
+    rc, out, err = r.finish()
+    assert rc == 0, err  # the leader's code
+    assert f"SIG SIGTERM {ready['child']}" in out
+    assert "still there after 0.3s: SIGKILL" in err
+
+
 # -- orphans ---------------------------------------------------------------------------
 
 

@@ -260,7 +260,7 @@ class Supervisor:
         except FileNotFoundError as e:
             print(f"fastreap: {self.cmd[0]}: {e.strerror or 'not found'}", file=sys.stderr)
             return EXIT_NOT_FOUND
-        except (PermissionError, IsADirectoryError, NotADirectoryError, OSError) as e:
+        except OSError as e:  # EACCES, ENOEXEC, EISDIR...: found but cannot run
             print(f"fastreap: {self.cmd[0]}: {e.strerror or e}", file=sys.stderr)
             return EXIT_NOT_EXECUTABLE
         except subprocess.SubprocessError as e:
@@ -289,7 +289,10 @@ class Supervisor:
                 self._send(child, signal.SIGKILL)
                 killed = True
         status = child.status
-        assert status is not None
+        if status is None:  # reaped behind our back (cannot happen: we are its only reaper)
+            print(f"fastreap: the exit status of pid {child.pid} was lost", file=sys.stderr)
+            self._drain_orphans(child, wake, watcher, deadline)
+            return 1
         self.log(f"pid {child.pid} exited: "
                  + (f"code {status.exit_code}" if status.signal is None else f"killed by {signame(status.signal)}"))
         self._drain_orphans(child, wake, watcher, deadline)
@@ -337,15 +340,21 @@ class Supervisor:
             return
         if deadline is None:
             deadline = time.monotonic() + self.grace
+        pgid = child.pid
+        # Members of CMD's group need not be our children (without PID 1 or
+        # --subreaper they are not): "done" once the group is empty or SIGKILLed.
+        group_done = not self.group
         if self.group:
-            self._signal_group(child.pid, self.stop_signal)
+            self._signal_group(pgid, self.stop_signal)
         stopped: set[int] = set()
         killed: set[int] = set()
         while True:
             self._reap()
             self._new_signals()  # CMD is gone: there is nobody to forward to
             left = _children_of_self()
-            if not left:
+            if not group_done and not _group_exists(pgid):
+                group_done = True
+            if not left and group_done:
                 return
             late = time.monotonic() >= deadline
             for pid in left:
@@ -359,8 +368,10 @@ class Supervisor:
                 except ProcessLookupError:
                     pass
                 (killed if late else stopped).add(pid)
-            if late and self.group:
-                self._signal_group(child.pid, signal.SIGKILL)
+            if late and not group_done:
+                self.log(f"group {pgid} still there after {self.grace:g}s: SIGKILL")
+                self._signal_group(pgid, signal.SIGKILL)
+                group_done = True
             wake.clear()
             if _core.peek_any() > 0:
                 continue  # a zombie is ready now
@@ -369,6 +380,16 @@ class Supervisor:
             # short while: this rescan is the only timed wait in fastreap run.
             timeout = ORPHAN_RESCAN if late else min(ORPHAN_RESCAN, max(0.0, deadline - time.monotonic()))
             watcher.wait_until(wake.is_set, timeout)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _core_count(sig: int) -> int:

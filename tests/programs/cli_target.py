@@ -7,6 +7,7 @@ MODE: exit N            exit with N at once
       orphan [stubborn] start a daemonized grandchild (double fork, new session) that
                         sleeps (ignoring SIGTERM if stubborn); print ORPHAN <pid>; exit 0
       group             start a child in the same process group, both print SIG lines
+      group-stubborn    the same, but the child (not the leader) ignores SIGTERM
       killself N        kill itself with signal N
 """
 
@@ -45,9 +46,9 @@ elif mode in ("wait", "ignore-term"):
     say("READY")
     while True:
         signal.pause()
-elif mode == "group":
+elif mode in ("group", "group-stubborn"):
     pid = os.fork()
-    watch_signals()
+    watch_signals(() if pid == 0 and mode == "group-stubborn" else (signal.SIGTERM, signal.SIGINT))
     if pid == 0:
         say("READY child")
     else:
