@@ -293,10 +293,11 @@ class Supervisor:
             print(f"fastreap: the exit status of pid {child.pid} was lost", file=sys.stderr)
             self._drain_orphans(child, wake, watcher, deadline)
             return 1
-        self.log(f"pid {child.pid} exited: "
-                 + (f"code {status.exit_code}" if status.signal is None else f"killed by {signame(status.signal)}"))
+        how = f"code {status.exit_code}" if status.signal is None else f"killed by {signame(status.signal)}"
+        self.log(f"pid {child.pid} exited: {how}")
         self._drain_orphans(child, wake, watcher, deadline)
-        return status.exit_code if status.signal is None else 128 + status.signal
+        rc = status.returncode  # -N when signal N killed it
+        return rc if rc >= 0 else 128 - rc
 
     def _new_signals(self) -> list[int]:
         """The handled signals whose counters moved since the last call."""
