@@ -14,10 +14,8 @@ import importlib
 import inspect
 import json
 import math
-import mmap
 import os
 import platform
-import struct
 import subprocess
 import sys
 import threading
@@ -76,7 +74,7 @@ def _popen_true(n: int) -> None:
         subprocess.Popen(["true"]).wait()
 
 
-def _timed_batches(fn: Callable[[int], None], batch: int, repeat: int) -> list[float]:
+def _timed_batches(fn: Callable[[int], object], batch: int, repeat: int) -> list[float]:
     """Microseconds per item, one sample per batch of fn(batch)."""
     out = []
     for _ in range(repeat):
@@ -86,44 +84,34 @@ def _timed_batches(fn: Callable[[int], None], batch: int, repeat: int) -> list[f
     return out
 
 
-def _latency_python(n: int, wait_for: Callable[[int], None]) -> list[float]:
-    """Exit-to-notice latencies (us) of children forked from Python: the child
-    stamps CLOCK_MONOTONIC into shared memory just before _exit, the parent
-    stamps when wait_for(pid) returns (the same protocol as the C reference)."""
-    shm = mmap.mmap(-1, 8)
+def _latency_python(n: int, prepare: Callable[[int], Callable[[], object]]) -> list[float]:
+    """Exit-to-notice latencies (us) seen from Python. The children are the C
+    reference's own (forked in C, no Python runs in them: a Python child's
+    after-fork work would lengthen its exit and blur the comparison); each
+    stamps CLOCK_MONOTONIC just before _exit, we stamp when the waiter made by
+    prepare(pid) beforehand returns."""
     out = []
-    try:
-        for _ in range(n):
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                try:
-                    os.read(r, 1)
-                    shm[:8] = struct.pack("q", time.monotonic_ns())
-                finally:
-                    os._exit(0)
-            os.close(r)
-            try:
-                os.write(w, b"x")
-            finally:
-                os.close(w)
-            wait_for(pid)
-            t1 = time.monotonic_ns()
-            (t0,) = struct.unpack("q", shm[:8])
-            out.append((t1 - t0) / 1e3)
-    finally:
-        shm.close()
+    for _ in range(n):
+        pid, go = _core._cref_fork_stamper()
+        try:
+            waiter = prepare(pid)
+            os.write(go, b"x")
+        finally:
+            os.close(go)
+        waiter()
+        t1 = time.monotonic_ns()
+        out.append((t1 - _core._cref_last_stamp()) / 1e3)
     return out
 
 
-def _watch_then(pid: int) -> None:
+def _fastreap_waiter(pid: int) -> Callable[[], object]:
     from ._children import watch
 
-    watch(pid).wait()
+    return watch(pid).wait
 
 
-def _waitpid(pid: int) -> None:
-    os.waitpid(pid, 0)
+def _waitpid_waiter(pid: int) -> Callable[[], object]:
+    return lambda: os.waitpid(pid, 0)
 
 
 def run(quick: bool, progress: Progress) -> list[Result]:
@@ -135,37 +123,42 @@ def run(quick: bool, progress: Progress) -> list[Result]:
         # here only _exit, which is safe.
         warnings.simplefilter("ignore", DeprecationWarning)
 
+        # Cases are interleaved (one batch or one child of each in turn) so
+        # that drift from other load on the machine hits them all alike.
         g = "fork + exit + reap, per child"
         base = "C fork/_exit/waitpid loop"
-        progress(f"{g}: C")
-        res.append(Result(g, base, "us", [_core._cref_fork_wait(batch) / 1e3 for _ in range(repeat)],
-                          note="fastreap._core._cref_fork_wait"))
-        progress(f"{g}: os.fork + os.waitpid")
-        res.append(Result(g, "os.fork + os._exit + os.waitpid", "us",
-                          _timed_batches(_fork_exit_waitpid, batch, repeat), baseline=base))
-        progress(f"{g}: fastreap.watch().wait()")
-        res.append(Result(g, "os.fork + fastreap.watch(pid).wait()", "us",
-                          _timed_batches(_fork_watch_wait, batch, repeat), baseline=base))
-        progress(f"{g}: subprocess")
-        res.append(Result(g, "subprocess.Popen(['true']).wait()", "us",
-                          _timed_batches(_popen_true, max(5, batch // 2), repeat), baseline=base,
-                          note="includes exec of true"))
+        cases: list[tuple[str, Callable[[int], object], int, str]] = [
+            (base, _core._cref_fork_wait, batch, "fastreap._core._cref_fork_wait"),
+            ("os.fork + os._exit + os.waitpid", _fork_exit_waitpid, batch, ""),
+            ("os.fork + fastreap.watch(pid).wait()", _fork_watch_wait, batch, ""),
+            ("subprocess.Popen(['true']).wait()", _popen_true, max(5, batch // 2),
+             "fork+exec (vfork/posix_spawn path) of true"),
+        ]
+        rows = [Result(g, name, "us", baseline=None if name == base else base, note=note)
+                for name, _fn, _b, note in cases]
+        for i in range(repeat):
+            progress(f"{g}: round {i + 1}/{repeat}")
+            for row, (_name, fn, b, _note) in zip(rows, cases, strict=True):
+                row.samples += _timed_batches(fn, b, 1)
+        res += rows
 
         g = "exit-to-notice latency"
         n = 100 if quick else 300
-        base = "C pidfd + poll"
-        if _core.IS_LINUX and _core.have_pidfd():
-            progress(f"{g}: C")
-            res.append(Result(g, base, "us", [x / 1e3 for x in _core._cref_pidfd_latency(n)],
-                              note="fastreap._core._cref_pidfd_latency"))
-        else:
-            base = "os.waitpid (blocking)"
-        progress(f"{g}: os.waitpid")
-        res.append(Result(g, "os.waitpid (blocking)", "us", _latency_python(n, _waitpid),
-                          baseline=None if base == "os.waitpid (blocking)" else base))
-        progress(f"{g}: fastreap")
-        res.append(Result(g, "fastreap.watch(pid).wait()", "us", _latency_python(n, _watch_then),
-                          baseline=base))
+        pidfd = _core.IS_LINUX and _core.have_pidfd()
+        wp_name = "os.waitpid (blocking)"
+        base = "C pidfd + poll" if pidfd else wp_name
+        c_row = Result(g, "C pidfd + poll", "us", note="fastreap._core._cref_pidfd_latency")
+        wp_row = Result(g, "os.waitpid (blocking)", "us", baseline=None if base == wp_name else base)
+        fr_row = Result(g, "fastreap.watch(pid).wait()", "us", baseline=base,
+                        note="watch() made before the child is let go")
+        for i in range(n):
+            if i % 20 == 0:
+                progress(f"{g}: child {i + 1}/{n}")
+            if pidfd:
+                c_row.samples.append(_core._cref_pidfd_latency(1)[0] / 1e3)
+            wp_row.samples += _latency_python(1, _waitpid_waiter)
+            fr_row.samples += _latency_python(1, _fastreap_waiter)
+        res += ([c_row] if pidfd else []) + [wp_row, fr_row]
 
     g = "stop-flag check, per check"
     base = "C acquire load (loop in C)"

@@ -594,6 +594,22 @@ def _cref_pidfd_latency(int n):
         PyMem_RawFree(buf)
 
 
+def _cref_fork_stamper():
+    """Fork a C child that _exits right after stamping the monotonic clock,
+    once a byte is written to go_fd; return (pid, go_fd). The caller closes
+    go_fd and reaps pid; _cref_last_stamp() then gives the stamp (ns)."""
+    cdef int go = -1, pid
+    with nogil:
+        pid = fr_cref_fork_stamper(&go)
+    if pid < 0:
+        _raise_errno()
+    return pid, go
+
+
+def _cref_last_stamp():
+    return fr_cref_last_stamp()
+
+
 def _cref_flag_load(long n):
     """ns per acquire load of the default stop flag in a C loop."""
     cdef double r

@@ -299,51 +299,73 @@ double fr_cref_fork_wait(int n) {
     return (double)(now_ns() - t0) / n;
 }
 
+/* One shared page holding the stamp, made on first use and kept. */
+static int64_t *stamp_page(void) {
+    static int64_t *page = NULL;
+    if (page == NULL) {
+        void *p = mmap(NULL, sizeof(int64_t), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+        page = p;
+    }
+    return page;
+}
+
+int fr_cref_fork_stamper(int *go_wfd) {
+    int64_t *stamp = stamp_page();
+    if (stamp == NULL) return -1;
+    int go[2];
+    if (pipe(go) < 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(go[0]);
+        close(go[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        /* Only async-signal-safe calls; no Python in this child. */
+        char c;
+        close(go[1]);
+        while (read(go[0], &c, 1) < 0 && errno == EINTR) {
+        }
+        __atomic_store_n(stamp, now_ns(), __ATOMIC_SEQ_CST);
+        _exit(0);
+    }
+    close(go[0]);
+    fcntl(go[1], F_SETFD, FD_CLOEXEC);
+    *go_wfd = go[1];
+    return pid;
+}
+
+int64_t fr_cref_last_stamp(void) {
+    int64_t *stamp = stamp_page();
+    return stamp ? __atomic_load_n(stamp, __ATOMIC_SEQ_CST) : 0;
+}
+
 int fr_cref_pidfd_latency(int n, double *out) {
 #if FASTREAP_LINUX
     if (n <= 0) {
         errno = EINVAL;
         return -1;
     }
-    int64_t *stamp = mmap(NULL, sizeof(int64_t), PROT_READ | PROT_WRITE,
-                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (stamp == MAP_FAILED) return -1;
-    int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
-        int go[2];
-        if (pipe2(go, O_CLOEXEC) < 0) {
-            rc = -1;
-            break;
-        }
-        pid_t pid = fork();
-        if (pid < 0) {
-            close(go[0]);
-            close(go[1]);
-            rc = -1;
-            break;
-        }
-        if (pid == 0) {
-            char c;
-            close(go[1]);
-            while (read(go[0], &c, 1) < 0 && errno == EINTR) {
-            }
-            __atomic_store_n(stamp, now_ns(), __ATOMIC_SEQ_CST);
-            _exit(0);
-        }
-        close(go[0]);
+    for (int i = 0; i < n; i++) {
+        int go;
+        int pid = fr_cref_fork_stamper(&go);
+        if (pid < 0) return -1;
         int pfd = (int)syscall(__NR_pidfd_open, pid, 0);
         if (pfd < 0) {
             int e = errno;
-            close(go[1]);
+            close(go);
             wait_pid_eintr(pid);
             errno = e;
-            rc = -1;
-            break;
+            return -1;
         }
         struct pollfd p = {.fd = pfd, .events = POLLIN};
         int r;
-        (void)!write(go[1], "x", 1);
-        close(go[1]);
+        (void)!write(go, "x", 1);
+        close(go);
         while ((r = poll(&p, 1, -1)) < 0 && errno == EINTR) {
         }
         int64_t t1 = now_ns();
@@ -352,13 +374,11 @@ int fr_cref_pidfd_latency(int n, double *out) {
         wait_pid_eintr(pid);
         if (r < 0) {
             errno = e;
-            rc = -1;
-            break;
+            return -1;
         }
-        out[i] = (double)(t1 - __atomic_load_n(stamp, __ATOMIC_SEQ_CST));
+        out[i] = (double)(t1 - fr_cref_last_stamp());
     }
-    munmap(stamp, sizeof(int64_t));
-    return rc;
+    return 0;
 #else
     (void)n;
     (void)out;
