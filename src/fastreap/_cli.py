@@ -17,8 +17,14 @@ How ``run`` works (one thread, no polling):
 * The stop signal starts the grace period; when it ends CMD (its group with
   ``--group``) gets SIGKILL.
 * After CMD has exited, children that are still ours (orphans adopted as
-  PID 1 or subreaper) get the stop signal, then SIGKILL once the grace period
-  is over; fastreap exits when it has no child left.
+  PID 1 or subreaper) and, with ``--group``, what is left of CMD's group get
+  the stop signal, then SIGKILL once the grace period is over; fastreap exits
+  when it has no child left (and the group is gone or killed).
+* With ``--group`` on a terminal, CMD's group is made the terminal's
+  foreground group (as tini does), so it can read the terminal and gets
+  Ctrl-C / Ctrl-Z itself; fastreap ignores SIGTTIN/SIGTTOU meanwhile.
+  Known limit (tini's too): when Ctrl-Z stops CMD, fastreap does not stop
+  itself, so the shell does not regain the terminal.
 
 Exit status: CMD's exit code, or 128 + N if a signal N killed it; 2 for usage
 errors; 126 if CMD cannot be executed, 127 if it is not found (as a shell does).
