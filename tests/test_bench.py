@@ -22,10 +22,10 @@ def test_bench_quick_json(tmp_path: os.PathLike[str]) -> None:
     with open(path) as f:
         doc = json.load(f)
     assert doc["quick"] is True
+    assert doc["elapsed"] > 0 and all(a["budget"] > 0 for a in doc["areas"])
     assert {a["name"] for a in doc["areas"]} == {name for name, _m, _b in _bench.AREAS}
     for a in doc["areas"]:
         assert a["status"] in ("ok", "skipped"), a
-    assert doc["elapsed"] < 60  # --quick's promise (a budget, not a speed claim)
     results = doc["results"]
     assert results
     groups: dict[str, set[str]] = {}
