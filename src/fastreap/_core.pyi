@@ -1,9 +1,9 @@
 """Typing for the compiled module fastreap._core (checked by mypy.stubtest)."""
 
 from collections.abc import Callable
-from typing import Any, Final, final
+from typing import Any, Final, TypeAlias, final
 
-from typing_extensions import Self, TypeAlias
+from typing_extensions import Self
 
 # (pid, raw wait status, user seconds, system seconds, max RSS as the kernel says)
 _ExitTuple: TypeAlias = tuple[int, int, float, float, int]
