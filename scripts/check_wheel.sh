@@ -131,10 +131,11 @@ V="$work/venv/bin/python"
 "$V" -m pip install -q pytest pytest-timeout hypothesis psutil mypy
 "$V" -m pip install -q --no-deps "$repaired"
 
-# Run from a copy of tests/ (plus pyproject.toml for the pytest settings and
+# Run from a copy of tests/ and examples/ (plus pyproject.toml for the pytest settings and
 # markers) in a directory with no src/: only the installed package imports.
 mkdir -p "$work/run"
 cp -r tests "$work/run/tests"
+cp -r examples "$work/run/examples"
 cp pyproject.toml "$work/run/"
 find "$work/run" -name __pycache__ -prune -exec rm -rf {} +
 cd "$work/run"
