@@ -50,8 +50,6 @@ def test_stub_matches_compiled_module(tmp_path: Path) -> None:
             "fastreap._core",
             "--allowlist",
             str(HERE / "stubtest_allowlist.txt"),
-            "--cache-dir",
-            str(tmp_path / ".mypy_cache"),
         ],
         cwd=tmp_path,
         capture_output=True,
