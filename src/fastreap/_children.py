@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeGuard, Union
 
 from . import _core
 from ._flags import check_signal
@@ -117,7 +117,7 @@ class ExitStatus:
         return cls(pid, rc, rc, None)
 
 
-Target = Union[int, "Child", subprocess.Popen, Any]
+Target = Union[int, "Child", "subprocess.Popen[Any]", Any]
 
 
 class _Watcher:
@@ -268,7 +268,7 @@ class _Watcher:
             # Popen.wait() holds this lock while it blocks in waitpid(); the
             # child has exited, so that call returns at once and we then read
             # what it found instead of stealing the status from under it.
-            with t._waitpid_lock:
+            with t._waitpid_lock:  # type: ignore[attr-defined]
                 if t.returncode is not None:
                     self.finish(child, ExitStatus._from_returncode(child.pid, t.returncode))
                     return True
@@ -561,7 +561,7 @@ def _check_pid(pid: object, name: str = "target") -> int:
     return int(pid)
 
 
-def _is_mp_process(target: object) -> bool:
+def _is_mp_process(target: object) -> TypeGuard[Any]:  # a BaseProcess, whose private fields we read
     import multiprocessing.process as mpp
 
     return isinstance(target, mpp.BaseProcess)

@@ -70,7 +70,7 @@ _installed: dict[int, _Record] = {}
 
 def default_flag() -> StopFlag:
     """The process default stop flag (what stop_requested() reads)."""
-    return _core.default_flag  # type: ignore[no-any-return]
+    return _core.default_flag
 
 
 def _raise_stopped(signum: int, frame: object) -> None:
