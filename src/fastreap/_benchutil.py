@@ -45,8 +45,6 @@ def ratio(results: Sequence[Result], r: Result) -> float | None:
     if r.baseline is None:
         return None
     for b in results:
-        if b.group == r.group and b.name == r.name:
-            continue
         if b.group == r.group and b.name == r.baseline:
             return r.median / b.median if b.median else None
     return None
