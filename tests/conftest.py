@@ -30,7 +30,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _open_fds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd")}
+    """Open descriptors; the directory listing's own fd (closed by now) is dropped."""
+    out = set()
+    for n in os.listdir("/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"):
+        try:
+            os.fstat(int(n))
+        except OSError:
+            continue
+        out.add(int(n))
+    return out
 
 
 def _live_children() -> set[int]:

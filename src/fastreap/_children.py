@@ -117,6 +117,9 @@ class ExitStatus:
         return cls(pid, rc, rc, None)
 
 
+# Bound once: tests and users monkeypatch subprocess.Popen, and a real Popen
+# must still be recognised (CPython's test_subprocess does exactly that).
+_Popen = subprocess.Popen
 Target = Union[int, "Child", "subprocess.Popen[Any]", Any]
 
 
@@ -252,7 +255,7 @@ class _Watcher:
                 return False
             self.finish(child, ExitStatus._from_returncode(child.pid, rc))
             return True
-        if isinstance(t, subprocess.Popen) and t.returncode is not None:
+        if isinstance(t, _Popen) and t.returncode is not None:
             self.finish(child, ExitStatus._from_returncode(child.pid, t.returncode))
             return True
         try:
@@ -264,7 +267,7 @@ class _Watcher:
         if peeked is None:
             return False
         early = ExitStatus._from_siginfo(child.pid, *peeked)
-        if isinstance(t, subprocess.Popen):
+        if isinstance(t, _Popen):
             # Popen.wait() holds this lock while it blocks in waitpid(); the
             # child has exited, so that call returns at once and we then read
             # what it found instead of stealing the status from under it.
@@ -417,7 +420,7 @@ def _get_watcher() -> _Watcher:
 def _owner_returncode(t: Any) -> int | None:
     """After ECHILD: the code the child's owner found if it reaped it itself
     (a concurrent Popen.wait() or Process.join()), else None (lost)."""
-    if isinstance(t, subprocess.Popen):
+    if isinstance(t, _Popen):
         # Popen reaps and stores returncode under _waitpid_lock: once we hold
         # it, a concurrent wait() has finished publishing.
         with t._waitpid_lock:
@@ -433,7 +436,7 @@ def _owner_returncode(t: Any) -> int | None:
 
 
 def _target_returncode(t: Any) -> int | None:
-    if isinstance(t, subprocess.Popen):
+    if isinstance(t, _Popen):
         return t.returncode
     if t is not None and t._popen is not None:
         return t._popen.returncode  # type: ignore[no-any-return]
@@ -583,7 +586,7 @@ def watch(target: Target) -> Child:
         return target
     foreign = False
     obj: Any = None
-    if isinstance(target, subprocess.Popen):
+    if isinstance(target, _Popen):
         pid, obj = target.pid, target
     elif _is_mp_process(target):
         popen = getattr(target, "_popen", None)
@@ -616,14 +619,14 @@ def watch(target: Target) -> Child:
 
 
 def _as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
-    if isinstance(targets, (int, Child, subprocess.Popen)) or _is_mp_process(targets):
+    if isinstance(targets, (int, Child, _Popen)) or _is_mp_process(targets):
         targets = [targets]
     if not isinstance(targets, Iterable):
         raise TypeError(f"{name} must be an iterable of children, not {type(targets).__name__}")
     items = list(targets)
     # Validate every item before watching any: nothing half-done.
     for t in items:
-        if isinstance(t, (Child, subprocess.Popen)):
+        if isinstance(t, (Child, _Popen)):
             continue
         if _is_mp_process(t):
             if getattr(t, "_popen", None) is None:
@@ -685,7 +688,7 @@ def reap() -> list[ExitStatus]:
             if c is None:
                 continue
             t = c._target
-            if isinstance(t, subprocess.Popen):
+            if isinstance(t, _Popen):
                 if t.returncode is None:
                     t.returncode = es.returncode
             elif t is not None and t._popen.returncode is None:
