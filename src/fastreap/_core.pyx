@@ -10,7 +10,7 @@ monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.pycapsule cimport PyCapsule_New
-from libc.errno cimport EAGAIN, ECHILD, EINTR, ENOSYS, errno
+from libc.errno cimport EAGAIN, ECHILD, EINTR, ENOSPC, ENOSYS, errno
 from libc.stdint cimport int64_t, uintptr_t
 from libc.math cimport isnan
 
@@ -66,11 +66,11 @@ cpdef double check_timeout(object timeout, str name="timeout") except -2.0:
     cdef double t
     if timeout is None:
         return -1.0
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        try:
-            t = float(timeout)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}") from None
+    if isinstance(timeout, (bool, str, bytes, bytearray)) or not hasattr(timeout, "__float__"):
+        # float() would parse "1" and turn True into 1 second: not a timeout.
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
+    if not isinstance(timeout, (int, float)):
+        t = float(timeout)  # Decimal, Fraction, numpy scalars
     else:
         t = timeout
     if isnan(t):
@@ -321,6 +321,9 @@ def stop_requested():
 
 
 _stop_flag_capsule = PyCapsule_New(<void *>&fr_default_flag.mem.state, b"fastreap._core._stop_flag", NULL)
+# PyCapsule_Import("fastreap._core._stop_flag") looks the capsule up by the
+# attribute path its name spells, so it must also live under that name.
+_stop_flag = _stop_flag_capsule
 
 
 def _after_fork_in_child():
@@ -360,6 +363,8 @@ def set_exit(int signo, bint on):
 def bind(int signo, StopFlag flag):
     flag._ensure_fd()
     if fr_bind(signo, flag.ptr()) < 0:
+        if errno == ENOSPC:
+            raise OSError(ENOSPC, f"at most {FASTREAP_MAX_BOUND} stop flags can be bound to signal {signo}")
         _raise_errno()
 
 

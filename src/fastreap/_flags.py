@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_SIGNALS: tuple[int, ...] = (_signal.SIGTERM, _signal.SIGINT)
+_VALID = frozenset(int(s) for s in _signal.valid_signals())
 
 
 class Stopped(SystemExit):
@@ -99,6 +100,8 @@ def _check_handled(signals: object) -> tuple[int, ...]:
         s = check_signal(sig, "signals")
         if s in (_signal.SIGKILL, _signal.SIGSTOP):
             raise ValueError(f"signals: {_signal.Signals(s).name} cannot be caught")
+        if s not in _VALID:  # e.g. 32 and 33, which glibc keeps for itself
+            raise ValueError(f"signals: {s} is not a signal this platform lets programs handle")
         if s not in out:
             out.append(s)
     return tuple(out)
@@ -128,35 +131,61 @@ def handle_signals(
         # lets only the main thread set them (signal.signal).
         raise ValueError("exit=True must be asked for from the main thread; other threads may use exit=False")
     with _lock:
-        for s in sigs:
-            rec = _installed.get(s)
-            new = rec is None
-            if rec is None:
-                rec = _Record()
-            try:
-                if new:
+        # What this call changed, so a failure half-way (a full binding table,
+        # a refused sigaction) undoes it and leaves every signal as it was.
+        done: list[list[Any]] = []  # [signal, record, new, bound, upgraded]
+        try:
+            for s in sigs:
+                rec = _installed.get(s)
+                new = rec is None
+                if rec is None:
+                    rec = _Record()
                     rec.py_prev = _signal.getsignal(s)  # None means a foreign C handler
+                    _installed[s] = rec
+                step = [s, rec, new, False, False]
+                done.append(step)
                 if exit and not rec.exit:
                     _core.save(s)  # the original C disposition, before signal.signal touches it
                     _signal.signal(s, _raise_stopped)
                     rec.py_changed = rec.exit = True
-                if rec.exit:
-                    chain = rec.py_prev is None  # only a foreign C handler
-                else:
-                    chain = rec.py_prev is None or (
-                        callable(rec.py_prev) and rec.py_prev is not _signal.default_int_handler
-                    )
+                    step[4] = True
                 if flag not in rec.flags:
                     _core.bind(s, flag)
                     rec.flags.append(flag)
-                _core.install(s, False, chain)
+                    step[3] = True
+                _core.install(s, False, _chain(rec))
                 _core.set_exit(s, rec.exit)
-            except BaseException:
+        except BaseException:
+            for s, rec, new, bound, upgraded in reversed(done):
                 if new:
+                    del _installed[s]
                     _undo(s, rec)
-                raise
-            _installed[s] = rec
+                    continue
+                if upgraded:
+                    _core.set_exit(s, False)
+                    _signal.signal(s, rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL)
+                    rec.py_changed = rec.exit = False
+                if bound:
+                    _core.unbind(s, flag)
+                    rec.flags.remove(flag)
+                _core.install(s, False, _chain(rec))
+            _core.quiesce()
+            raise
     return flag
+
+
+def _chain(rec: _Record) -> bool:
+    """Whether our handler calls the C handler that was there before it.
+
+    ``signal.getsignal`` cannot see a C handler installed behind Python's back
+    (faulthandler, ctypes, an extension): it then still reports SIG_DFL or
+    SIG_IGN. So chain to whatever *function* the kernel had (the C layer
+    already skips real SIG_DFL/SIG_IGN), except CPython's own handler when it
+    would run the wrong Python-level handler: the default SIGINT handler
+    (Ctrl-C sets the flag instead of raising), or any Python handler in
+    exit mode (Stopped replaces it)."""
+    py_handler = callable(rec.py_prev)
+    return not (py_handler and (rec.exit or rec.py_prev is _signal.default_int_handler))
 
 
 def _undo(s: int, rec: _Record) -> None:
