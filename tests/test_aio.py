@@ -56,6 +56,7 @@ def watcher_fd() -> int:
 
 # ---- wait_for_stop -------------------------------------------------------------
 
+
 def test_wait_for_stop_from_a_thread_and_the_loop() -> None:
     async def main() -> None:
         f = fastreap.StopFlag()
@@ -122,6 +123,7 @@ def test_wait_for_stop_bad_flag() -> None:
 
 
 # ---- wait ---------------------------------------------------------------------
+
 
 def test_wait_targets() -> None:
     async def main() -> None:
@@ -218,6 +220,7 @@ def test_wait_lost() -> None:
 
 # ---- graceful_stop --------------------------------------------------------------
 
+
 def test_graceful_stop_mixed() -> None:
     async def main() -> None:
         threads = threading.active_count()
@@ -264,7 +267,8 @@ def test_graceful_stop_group() -> None:
     async def main() -> None:
         leader = subprocess.Popen(
             ["/bin/sh", "-c", 'trap "" TERM; sleep 60 & echo $!; wait'],
-            stdout=subprocess.PIPE, start_new_session=True,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
         assert leader.stdout is not None
         member = int(leader.stdout.readline())

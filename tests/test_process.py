@@ -20,6 +20,7 @@ Ctx = multiprocessing.context.BaseContext
 
 # Targets live at module level so spawn and forkserver children can import them.
 
+
 def _ignores_requests(started: Any, path: str) -> None:
     """Never looks at a stop request; its finally must still run (Stopped)."""
     try:
@@ -79,8 +80,9 @@ def test_ignoring_target_gets_stopped_and_finally_runs(mp_context: Ctx, tmp_path
 def test_checking_target_returns_zero(mp_context: Ctx, tmp_path: Path) -> None:
     started = mp_context.Event()
     out = tmp_path / "out"
-    p = fastreap.Process(target=_checks_requests, args=(started, str(out)), exit_on_stop=False,
-                         mp_context=mp_context)
+    p = fastreap.Process(
+        target=_checks_requests, args=(started, str(out)), exit_on_stop=False, mp_context=mp_context
+    )
     assert p.exit_on_stop is False
     p.start()
     assert started.wait(60)
@@ -127,8 +129,9 @@ def test_fork_child_starts_without_the_parents_request(tmp_path: Path) -> None:
     out = tmp_path / "out"
     _core.default_flag.set()
     try:
-        p = fastreap.Process(target=_report_inherited_flag, args=(str(out),),
-                             mp_context=multiprocessing.get_context("fork"))
+        p = fastreap.Process(
+            target=_report_inherited_flag, args=(str(out),), mp_context=multiprocessing.get_context("fork")
+        )
         p.start()
     finally:
         _core.default_flag.clear()

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 import fastreap
-from fastreap import _children, _core
 from conftest import run_program
+from fastreap import _children, _core
 from test_children import backend  # noqa: F401  (the pidfd / SIGCHLD watcher fixture)
+
 
 def sh(code: str, **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["/bin/sh", "-c", code], **kw)
@@ -58,6 +59,7 @@ def gone(pid: int) -> bool:
 
 # ---- the main contract ---------------------------------------------------------
 
+
 def test_mixed_targets_and_report(backend: str) -> None:  # noqa: F811
     pid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ)
     p = polite()
@@ -72,7 +74,7 @@ def test_mixed_targets_and_report(backend: str) -> None:  # noqa: F811
     assert all(isinstance(c, fastreap.Child) for c in r.exited + r.killed)
     assert r.returncodes == {pid: -15, p.pid: -15, mp.pid: -15, child.pid: -15, hard.pid: -9}
     assert r.alive == []
-    assert isinstance(r.elapsed, float) and 0 < r.elapsed
+    assert isinstance(r.elapsed, float) and r.elapsed > 0
     # Written back into their owners, and nothing left to reap.
     assert p.returncode == -15 and mp.exitcode == -15 and hard.returncode == -9
     assert p.wait() == -15 and hard.poll() == -9
@@ -150,11 +152,15 @@ def test_terminate_and_kill() -> None:
 
 # ---- process groups ------------------------------------------------------------
 
+
 def test_group_stops_the_other_members() -> None:
     # The leader and its background jobs all ignore SIGTERM; they share a new
     # session's group, and only the leader is our child.
-    leader = sh('trap "" TERM; sleep 60 & echo $!; sleep 60 & echo $!; wait',
-                stdout=subprocess.PIPE, start_new_session=True)
+    leader = sh(
+        'trap "" TERM; sleep 60 & echo $!; sleep 60 & echo $!; wait',
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     assert leader.stdout is not None
     members = [int(leader.stdout.readline()), int(leader.stdout.readline())]
     leader.stdout.close()
@@ -183,6 +189,7 @@ def test_group_refuses_our_own_group() -> None:
 
 
 # ---- bad input: raise before any signal is sent ----------------------------------------
+
 
 def record_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
     """Record (instead of making) every signalling system call fastreap could use."""
@@ -220,10 +227,15 @@ def test_bad_target_raises_before_any_signal(monkeypatch: pytest.MonkeyPatch) ->
                     fn([bad, *good])
         with pytest.raises(TypeError, match="iterable"):
             fastreap.graceful_stop(object())  # type: ignore[arg-type]
-        for kw, exc in (({"timeout": -1}, ValueError), ({"timeout": math.nan}, ValueError),
-                        ({"signal": 0}, ValueError), ({"signal": 4096}, ValueError),
-                        ({"signal": "TERM"}, TypeError), ({"kill_after": 1}, TypeError),
-                        ({"group": "yes"}, TypeError)):
+        for kw, exc in (
+            ({"timeout": -1}, ValueError),
+            ({"timeout": math.nan}, ValueError),
+            ({"signal": 0}, ValueError),
+            ({"signal": 4096}, ValueError),
+            ({"signal": "TERM"}, TypeError),
+            ({"kill_after": 1}, TypeError),
+            ({"group": "yes"}, TypeError),
+        ):
             with pytest.raises(exc):
                 fastreap.graceful_stop(good, **kw)
         assert no_signals == []

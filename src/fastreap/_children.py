@@ -1021,7 +1021,8 @@ def graceful_stop(
     run = _StopRun(targets, timeout, signal, kill_after, group)
     try:
         run.begin()
-        wait(run.kids, None if run.deadline is None else max(0.0, run.deadline - time.monotonic()), ALL_EXITED)
+        grace = None if run.deadline is None else max(0.0, run.deadline - time.monotonic())
+        wait(run.kids, grace, ALL_EXITED)
         if run.members is not None and not run.pending():
             run.members.wait_all(run.deadline)
         if run.kill_after and (run.pending() or (run.members is not None and run.members.fds)):

@@ -15,7 +15,6 @@ import asyncio
 import signal as _signal
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,19 +25,21 @@ __all__ = ["graceful_stop", "wait", "wait_for_stop"]
 
 
 class _Mux:
-    """One asyncio reader per (loop, descriptor), fanned out to subscribers."""
+    """One asyncio reader per (loop, descriptor), fanned out to subscribers.
+    Kept only while something is subscribed (no reference to a finished loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.subs: dict[int, dict[Callable[[], Any], int]] = {}
 
-    def add(self, loop: asyncio.AbstractEventLoop, fd: int, cb: Callable[[], Any]) -> None:
+    def add(self, fd: int, cb: Callable[[], Any]) -> None:
         subs = self.subs.get(fd)
         if subs is None:
+            self.loop.add_reader(fd, self._dispatch, fd)
             subs = self.subs[fd] = {}
-            loop.add_reader(fd, self._dispatch, fd)
         subs[cb] = subs.get(cb, 0) + 1
 
-    def remove(self, loop: asyncio.AbstractEventLoop, fd: int, cb: Callable[[], Any]) -> None:
+    def remove(self, fd: int, cb: Callable[[], Any]) -> None:
         subs = self.subs.get(fd)
         if subs is None or cb not in subs:
             return
@@ -47,21 +48,23 @@ class _Mux:
             del subs[cb]
         if not subs:
             del self.subs[fd]
-            if not loop.is_closed():
-                loop.remove_reader(fd)
+            if not self.loop.is_closed():
+                self.loop.remove_reader(fd)
+            if not self.subs:
+                _muxes.pop(self.loop, None)
 
     def _dispatch(self, fd: int) -> None:
         for cb in list(self.subs.get(fd, ())):
             cb()
 
 
-_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = weakref.WeakKeyDictionary()
+_muxes: dict[asyncio.AbstractEventLoop, _Mux] = {}
 
 
 def _mux(loop: asyncio.AbstractEventLoop) -> _Mux:
     m = _muxes.get(loop)
     if m is None:
-        m = _muxes[loop] = _Mux()
+        m = _muxes[loop] = _Mux(loop)
     return m
 
 
@@ -101,12 +104,11 @@ async def wait_for_stop(flag: _core.StopFlag | None = None) -> _core.StopFlag:
             if flag.wait(0.001):
                 _resolve(fut)
 
-    m = _mux(loop)
-    m.add(loop, fd, on_readable)
+    _mux(loop).add(fd, on_readable)
     try:
         await fut
     finally:
-        m.remove(loop, fd, on_readable)
+        _mux(loop).remove(fd, on_readable)
     return flag
 
 
@@ -117,9 +119,8 @@ def _watcher_reader(loop: asyncio.AbstractEventLoop) -> tuple[int, Callable[[], 
     with w.lock:
         pfd = w._poller()
     cb = w.poll_now
-    m = _mux(loop)
-    m.add(loop, pfd, cb)
-    return pfd, cb, lambda: m.remove(loop, pfd, cb)
+    _mux(loop).add(pfd, cb)
+    return pfd, cb, lambda: _mux(loop).remove(pfd, cb)
 
 
 async def wait(child: Target) -> int:
@@ -127,8 +128,10 @@ async def wait(child: Target) -> int:
     return its returncode. ChildLostError if someone else reaped it.
     Cancelling leaves the child running and watched."""
     if isinstance(child, (list, tuple, set, frozenset)):
-        raise TypeError("child must be one pid, subprocess.Popen, multiprocessing.Process or Child, "
-                        "not a collection (use asyncio.gather, or fastreap.aio.graceful_stop)")
+        raise TypeError(
+            "child must be one pid, subprocess.Popen, multiprocessing.Process or Child, "
+            "not a collection (use asyncio.gather, or fastreap.aio.graceful_stop)"
+        )
     c = _children._as_children([child], "child")[0]
     if c.returncode is None and not c.lost:
         loop = asyncio.get_running_loop()
@@ -183,7 +186,7 @@ async def _wait_run(run: _children._StopRun, deadline: float | None) -> None:
         _fd, _cb, unsubscribe = _watcher_reader(loop)
         if members is not None and members.fds:
             mfd = members.fileno()
-            _mux(loop).add(loop, mfd, on_members)
+            _mux(loop).add(mfd, on_members)
         if deadline is not None:
             timer = loop.call_later(max(0.0, deadline - time.monotonic()), _resolve, fut)
         check()
@@ -192,7 +195,7 @@ async def _wait_run(run: _children._StopRun, deadline: float | None) -> None:
         if timer is not None:
             timer.cancel()
         if mfd >= 0:
-            _mux(loop).remove(loop, mfd, on_members)
+            _mux(loop).remove(mfd, on_members)
         if unsubscribe is not None:
             unsubscribe()
         for c in run.kids:

@@ -15,11 +15,7 @@ grace = float(sys.argv[1])
 # The leader (a new session, so its own group) starts two members: one that
 # dies of SIGTERM and one that ignores it, then becomes a sleep that never
 # reaps them (so each one's end waits for us, its subreaper, to read).
-script = (
-    "sleep 60 & echo polite $!; "
-    "sh -c 'trap \"\" TERM; echo stubborn $$; exec sleep 60' & "
-    "exec sleep 60"
-)
+script = "sleep 60 & echo polite $!; sh -c 'trap \"\" TERM; echo stubborn $$; exec sleep 60' & exec sleep 60"
 leader = subprocess.Popen(
     ["/bin/sh", "-c", script], stdout=subprocess.PIPE, start_new_session=True, text=True
 )
