@@ -17,4 +17,4 @@ for r in results:
         print(f"\n{group}")
     q = ratio(results, r)
     rs = f"{q:6.2f}x" if q is not None else "   base"
-    print(f"  {r.name:38s} median {r.median:9.1f} {r.unit}  p90 {r.p90:9.1f}  {rs}  {r.goal} {r.note}")
+    print(f"  {r.name:38s} median {r.median:9.3f} {r.unit}  p90 {r.p90:9.3f}  {rs}  {r.goal} {r.note}")
