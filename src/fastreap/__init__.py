@@ -39,6 +39,7 @@ from ._flags import (
     restore_signals,
     stop_requested,
 )
+from ._process import Process
 
 __all__ = [
     "ALL_EXITED",
@@ -46,6 +47,7 @@ __all__ = [
     "Child",
     "ChildLostError",
     "ExitStatus",
+    "Process",
     "StopFlag",
     "StopReport",
     "Stopped",

@@ -505,21 +505,24 @@ class Child:
     def send_signal(self, sig: int) -> None:
         """Send sig to the child (pid-reuse safe); nothing once it is reaped."""
         sig = check_signal(sig, "sig", allow_zero=True)
-        w = self._watcher
-        with w.lock:
-            if self._done() or w.closed:
-                return
-            try:
-                if self._pidfd >= 0:
-                    _core.pidfd_send_signal(self._pidfd, sig)
-                elif not self._foreign:
-                    # Unreaped, so the pid cannot have been reused; the lock
-                    # keeps our own reaper from reaping it under us.
-                    os.kill(self.pid, sig)
-                else:
-                    self._target_signal(sig)
-            except ProcessLookupError:
-                pass  # exited, not yet reaped
+        with self._watcher.lock:
+            self._send_locked(sig)
+
+    def _send_locked(self, sig: int) -> None:
+        """send_signal with the watcher lock already held."""
+        if self._done() or self._watcher.closed:
+            return
+        try:
+            if self._pidfd >= 0:
+                _core.pidfd_send_signal(self._pidfd, sig)
+            elif not self._foreign:
+                # Unreaped, so the pid cannot have been reused; the lock
+                # keeps our own reaper from reaping it under us.
+                os.kill(self.pid, sig)
+            else:
+                self._target_signal(sig)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped
 
     def _target_signal(self, sig: int) -> None:
         # A forkserver child without pidfd: only while its sentinel says it runs.
@@ -618,27 +621,46 @@ def watch(target: Target) -> Child:
         return child
 
 
-def _as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
+def _validate(targets: Iterable[Target] | Target, name: str = "targets") -> list[Any]:
+    """Check every target (raising a clear error naming ``name``) without
+    watching or signalling any: the first half of "nothing half-done"."""
     if isinstance(targets, (int, Child, _Popen)) or _is_mp_process(targets):
         targets = [targets]
-    if not isinstance(targets, Iterable):
+    if not isinstance(targets, Iterable) or isinstance(targets, (str, bytes)):
         raise TypeError(f"{name} must be an iterable of children, not {type(targets).__name__}")
     items = list(targets)
-    # Validate every item before watching any: nothing half-done.
+    w = _watcher
     for t in items:
-        if isinstance(t, (Child, _Popen)):
+        if isinstance(t, Child):
+            if t._watcher.closed and not t._done():
+                raise ChildProcessError(f"{name}: {t!r} is a child of the parent process, not of this one")
+            continue
+        if isinstance(t, _Popen):
+            if t.returncode is None and t.pid not in w.children:
+                _check_child(t.pid, name)
             continue
         if _is_mp_process(t):
             if getattr(t, "_popen", None) is None:
                 raise ValueError(f"{name}: {t!r} is not started")
+            if t._parent_pid != os.getpid():
+                raise ChildProcessError(f"{name}: {t!r} was started by another process")
             continue
         pid = _check_pid(t, name)
-        if pid not in _watcher.children:
-            try:
-                _core.peek(pid)
-            except ChildProcessError:
-                raise ChildProcessError(f"{name}: pid {pid} is not a child of this process") from None
-    return [watch(t) for t in items]
+        if pid not in w.children:
+            _check_child(pid, name)
+    return items
+
+
+def _check_child(pid: int, name: str) -> None:
+    try:
+        _core.peek(pid)
+    except ChildProcessError:
+        raise ChildProcessError(f"{name}: pid {pid} is not a child of this process") from None
+
+
+def _as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
+    # Validate every item before watching any: nothing half-done.
+    return [watch(t) for t in _validate(targets, name)]
 
 
 def wait(
@@ -705,36 +727,282 @@ def set_subreaper(on: bool = True) -> None:
 
 @dataclass
 class StopReport:
-    """What graceful_stop did."""
+    """What graceful_stop did: who exited within the grace period, who was
+    killed, how long it took, and every target's returncode (None if lost)."""
 
     exited: list[Child] = field(default_factory=list)
     killed: list[Child] = field(default_factory=list)
     elapsed: float = 0.0
     returncodes: dict[int, int | None] = field(default_factory=dict)
-    alive: list[Child] = field(default_factory=list)
+    alive: list[Child] = field(default_factory=list)  # still running (kill_after=False)
 
 
-def _group_of(c: Child) -> int:
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, pgrp) of a live (non-zombie) pid from /proc, or None."""
     try:
-        pgid = os.getpgid(c.pid)
-    except ProcessLookupError:
-        return -1
-    if pgid == os.getpgrp():
-        raise ValueError(f"targets: pid {c.pid} is in this process's own process group; "
-                         "group=True would signal this process too (start it with process_group=0)")
-    return pgid
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X", b"x"):
+        return None
+    return int(fields[1]), int(fields[2])
 
 
-def _signal_all(kids: list[Child], groups: dict[int, int], sig: int) -> None:
-    for c in kids:
-        pgid = groups.get(c.pid, -1)
-        if pgid > 0 and not c._done():
+class _Members:
+    """The other members of the process groups a ``group=True`` stop signals.
+
+    They are not our children, so a bare number is never trusted after the
+    moment it was checked. Each member is found in ``/proc`` while its group's
+    leader (our child) is still unreaped, so the group id cannot name another
+    group yet; it is then pinned with a pidfd and checked again (the pidfd
+    refers to the process that had the number when it was opened: if that one
+    is still alive and in the group, it is a member; if it died, the pidfd only
+    ever fails with ESRCH). From then on it is signalled and waited for through
+    the pidfd. Members forked after that are found again only while a leader
+    is unreaped (``killpg`` under the watcher lock, atomic for the whole group)
+    or, once it is gone, as children of a pinned member that is still alive.
+    Without pidfds (macOS, Linux < 5.3) only the ``killpg`` part remains.
+    """
+
+    def __init__(self, exclude: set[int]) -> None:
+        self.exclude = exclude  # the targets themselves: the watcher has them
+        self.pgids: set[int] = set()
+        self.fds: dict[int, int] = {}
+        self.pgid_of: dict[int, int] = {}
+        self.pfd = -1
+        self.enabled = _core.IS_LINUX and _core.have_pidfd() and os.path.isdir("/proc")
+
+    def fileno(self) -> int:
+        """The private poller (readable when a pinned member exits)."""
+        if self.pfd < 0:
+            self.pfd = _core.poller_open()
+        return self.pfd
+
+    def _pin(self, pid: int, accept: Callable[[int, int], bool]) -> bool:
+        try:
+            fd = _core.pidfd_open(pid, 0)
+        except OSError:
+            return False  # gone already, or out of descriptors (killpg still covers it)
+        st = _proc_stat(pid)
+        if st is None or not accept(*st):
+            os.close(fd)
+            return False
+        try:
+            _core.poller_add_fd(self.fileno(), fd, pid)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fds[pid] = fd
+        self.pgid_of[pid] = st[1]
+        return True
+
+    def _candidates(self) -> list[tuple[int, int, int]]:
+        out = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid in self.fds or pid in self.exclude:
+                continue
+            st = _proc_stat(pid)
+            if st is not None and st[1] in self.pgids:
+                out.append((pid, st[0], st[1]))
+        return out
+
+    def scan_groups(self, pgids: set[int]) -> None:
+        """Pin every member of ``pgids``; the caller holds the watcher lock
+        and each group's leader is unreaped, so these ids are still theirs."""
+        self.pgids |= pgids
+        if not self.enabled or not pgids:
+            return
+        for pid, _ppid, pgid in self._candidates():
+            if pgid in pgids:
+                self._pin(pid, lambda _pp, pg: pg in pgids)
+
+    def scan_descendants(self) -> int:
+        """Pin group members whose parent is a pinned member still alive (a
+        number check is safe while that parent lives); return how many."""
+        if not self.enabled or not self.fds:
+            return 0
+        new = 0
+        for pid, ppid, _pgid in self._candidates():
+            pfd = self.fds.get(ppid)
+            if pfd is None:
+                continue
+
+            def accept(pp: int, pg: int, ppid: int = ppid, pfd: int = pfd) -> bool:
+                return pp == ppid and pg in self.pgids and _core.wait_readable(pfd, -1, 0.0) == 0
+
+            new += self._pin(pid, accept)
+        return new
+
+    def signal(self, sig: int, skip: set[int] | frozenset[int] = frozenset()) -> None:
+        """Signal every pinned member not in a group in ``skip`` (those that
+        were just signalled with killpg: one signal each, not two)."""
+        for pid, fd in self.fds.items():
+            if self.pgid_of.get(pid) in skip:
+                continue
             try:
-                os.killpg(pgid, sig)
+                _core.pidfd_send_signal(fd, sig)
             except ProcessLookupError:
                 pass
-        else:
-            c.send_signal(sig)
+
+    def collect(self, timeout: float) -> None:
+        """Forget members that exited, waiting up to timeout (< 0 forever) for one."""
+        if not self.fds:
+            return
+        for pid in _core.poller_wait(self.fileno(), timeout):
+            fd = self.fds.pop(pid, -1)
+            self.pgid_of.pop(pid, None)
+            if fd >= 0:
+                os.close(fd)  # also leaves the poller
+
+    def wait_all(self, deadline: float | None) -> bool:
+        while self.fds:
+            remaining = -1.0
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+            self.collect(remaining)
+        return True
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.pgid_of.clear()
+        if self.pfd >= 0:
+            os.close(self.pfd)
+            self.pfd = -1
+
+
+def _target_done(t: Any) -> bool:
+    if isinstance(t, Child):
+        return t._done()
+    if isinstance(t, int):
+        c = _watcher.children.get(t)
+        return c is not None and c._done()
+    return _target_returncode(t) is not None
+
+
+class _StopRun:
+    """One graceful_stop, in phases shared by the blocking and asyncio versions:
+    validate everything (raising before any signal), signal all at once, wait
+    until one shared deadline, escalate, report."""
+
+    def __init__(
+        self,
+        targets: Iterable[Target] | Target,
+        timeout: float | None,
+        sig: int,
+        kill_after: bool,
+        group: bool,
+    ) -> None:
+        self.timeout = _core.check_timeout(timeout)
+        self.sig = check_signal(sig, "signal")
+        if not isinstance(kill_after, bool):
+            raise TypeError(f"kill_after must be a bool, not {type(kill_after).__name__}")
+        if not isinstance(group, bool):
+            raise TypeError(f"group must be a bool, not {type(group).__name__}")
+        items = _validate(targets)
+        if group:
+            own = os.getpgrp()
+            for t in items:
+                if _target_done(t):
+                    continue  # its pid may name someone else by now
+                pid = t if isinstance(t, int) else t.pid
+                try:
+                    pgid = os.getpgid(pid)
+                except ProcessLookupError:
+                    continue
+                if pgid == own:
+                    raise ValueError(
+                        f"targets: pid {pid} is in this process's own process group; group=True "
+                        "would signal this process too (start it with start_new_session=True "
+                        "or process_group=0)"
+                    )
+        self.kids = [watch(t) for t in items]
+        self.kill_after = kill_after
+        self.group = group
+        self.members = _Members({c.pid for c in self.kids}) if group else None
+        self.killed: list[Child] = []
+        self.escalated = False
+        self.start = 0.0
+        self.deadline: float | None = None
+
+    def begin(self) -> None:
+        self.start = time.monotonic()
+        if self.timeout >= 0:
+            self.deadline = self.start + self.timeout
+        self._signal(self.kids, self.sig)
+
+    def _signal(self, kids: list[Child], sig: int) -> None:
+        if self.members is None:
+            for c in kids:
+                c.send_signal(sig)
+            return
+        w = _watcher
+        own = os.getpgrp()
+        with w.lock:
+            # Under the lock no watched child is reaped, so each unreaped
+            # leader keeps its group id from naming anyone else's group.
+            live = [c for c in kids if not c._done() and not w.closed]
+            groups: dict[int, int] = {}
+            for c in live:
+                try:
+                    groups[c.pid] = os.getpgid(c.pid)
+                except ProcessLookupError:
+                    pass
+            pgids = {g for g in groups.values() if g != own}
+            self.members.scan_groups(pgids)
+            for c in live:
+                g = groups.get(c.pid, own)
+                if g == own:  # never our own group (checked up front; it may have moved)
+                    c._send_locked(sig)
+            for g in pgids:
+                try:
+                    os.killpg(g, sig)
+                except ProcessLookupError:
+                    pass
+        self.members.signal(sig, skip=pgids)
+
+    def pending(self) -> list[Child]:
+        return [c for c in self.kids if not c._done()]
+
+    def escalate(self) -> None:
+        """SIGKILL what is still running (leaders and pinned members)."""
+        first, self.escalated = not self.escalated, True
+        late = self.pending()
+        if late:
+            self._signal(late, _signal.SIGKILL)
+            if first:
+                with _watcher.lock:
+                    _watcher.escalations += len(late)
+                self.killed = late
+        elif self.members is not None:
+            self.members.signal(_signal.SIGKILL)
+        if self.members is not None:
+            for _ in range(16):  # members forking while we kill: bounded
+                if not self.members.scan_descendants():
+                    break
+                self.members.signal(_signal.SIGKILL)
+
+    def report(self) -> StopReport:
+        killed = set(self.killed)
+        r = StopReport()
+        r.killed = list(self.killed)
+        r.exited = [c for c in self.kids if c._done() and c not in killed]
+        r.alive = [c for c in self.kids if not c._done()]
+        r.elapsed = time.monotonic() - self.start
+        r.returncodes = {c.pid: (c._status.returncode if c._status else None) for c in self.kids}
+        return r
+
+    def close(self) -> None:
+        if self.members is not None:
+            self.members.close()
 
 
 def graceful_stop(
@@ -745,42 +1013,31 @@ def graceful_stop(
     kill_after: bool = True,
     group: bool = False,
 ) -> StopReport:
-    """Signal every target at once, wait for all until one shared deadline,
-    SIGKILL those still running (with kill_after), reap every one."""
-    t = _core.check_timeout(timeout)
-    sig = check_signal(signal, "signal")
-    kids = _as_children(targets)
-    groups = {c.pid: _group_of(c) for c in kids if not c._done()} if group else {}
-    start = time.monotonic()
-    _signal_all(kids, groups, sig)
-    _done, pending = wait(kids, None if t < 0 else t, ALL_EXITED)
-    report = StopReport()
-    if pending and kill_after:
-        late = [c for c in kids if c in pending]
-        _signal_all(late, groups, _signal.SIGKILL)
-        with _watcher.lock:
-            _watcher.escalations += len(late)
-        wait(late, None, ALL_EXITED)
-        report.killed = late
-    if group and kill_after:
-        # Members other than the leader are not our children: SIGKILL whatever
-        # is left of each group once the leader is gone.
-        for pgid in set(groups.values()):
-            if pgid > 0:
-                try:
-                    os.killpg(pgid, _signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-    killed = set(report.killed)
-    report.exited = [c for c in kids if c._done() and c not in killed]
-    report.alive = [c for c in kids if not c._done()]
-    report.elapsed = time.monotonic() - start
-    report.returncodes = {c.pid: (c._status.returncode if c._status else None) for c in kids}
-    return report
+    """Signal every target at once, wait for all until one shared deadline
+    (returning as soon as all have exited), SIGKILL those still running
+    (``kill_after``), reap every one. Every target is checked first: a bad
+    one raises before anything is signalled. ``group=True`` signals each
+    target's process group and waits for (and kills) its other members too."""
+    run = _StopRun(targets, timeout, signal, kill_after, group)
+    try:
+        run.begin()
+        grace = None if run.deadline is None else max(0.0, run.deadline - time.monotonic())
+        wait(run.kids, grace, ALL_EXITED)
+        if run.members is not None and not run.pending():
+            run.members.wait_all(run.deadline)
+        if run.kill_after and (run.pending() or (run.members is not None and run.members.fds)):
+            run.escalate()
+            wait(run.kids, None, ALL_EXITED)
+            if run.members is not None:
+                run.members.wait_all(None)
+        return run.report()
+    finally:
+        run.close()
 
 
 def terminate(targets: Iterable[Target] | Target, timeout: float | None = None) -> StopReport:
-    """SIGTERM every target now, then wait (up to timeout) and reap."""
+    """SIGTERM every target now, then wait (up to timeout; None: until they
+    exit) and reap. Never escalates: see graceful_stop for that."""
     return graceful_stop(targets, timeout, kill_after=False)
 
 
