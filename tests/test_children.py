@@ -248,7 +248,8 @@ def test_process_writeback(backend: str, concurrent: bool) -> None:
 
 
 def test_reaped_by_someone_else_is_lost(backend: str) -> None:
-    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 0"], os.environ)
+    # The child outlives watch() (which reaps a child that has already exited).
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 0.2"], os.environ)
     c = fastreap.watch(pid)
     os.waitpid(pid, 0)
     with pytest.raises(fastreap.ChildLostError):
