@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 if sys.platform == "win32" or os.name != "posix":
     raise SystemExit("fastreap needs a POSIX system (Linux or macOS); Windows is not supported.")
 
-from Cython.Build import cythonize  # noqa: E402  (after the platform check)
+from Cython.Build import cythonize
 
 DEBUG = os.environ.get("FASTREAP_DEBUG_BUILD") == "1"
 CFLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unused-function"]

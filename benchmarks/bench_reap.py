@@ -1,7 +1,8 @@
 """Run fastreap's reaping benchmarks and print medians and ratios.
 
-    python benchmarks/bench_reap.py [--quick]
+python benchmarks/bench_reap.py [--quick]
 """
+
 import sys
 
 from fastreap._bench_reap import run

@@ -38,7 +38,9 @@ hashlib.sha256(data).hexdigest()  # one C call; Python handlers cannot run durin
 end = time.perf_counter()
 t.join()
 print(f"main thread in hashlib for {1000 * (end - start):.0f} ms")
-print(f"SIGTERM sent {1000 * (sent['at'] - start):.1f} ms into it; "
-      f"worker saw the stop flag {1000 * (seen['at'] - sent['at']):.3f} ms later "
-      f"(signal {flag.signal}, from pid {flag.sender_pid})")
+print(
+    f"SIGTERM sent {1000 * (sent['at'] - start):.1f} ms into it; "
+    f"worker saw the stop flag {1000 * (seen['at'] - sent['at']):.3f} ms later "
+    f"(signal {flag.signal}, from pid {flag.sender_pid})"
+)
 fastreap.restore_signals()

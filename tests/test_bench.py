@@ -16,8 +16,12 @@ from fastreap import _bench
 @pytest.mark.bench
 def test_bench_quick_json(tmp_path: os.PathLike[str]) -> None:
     path = os.path.join(tmp_path, "bench.json")
-    r = subprocess.run([sys.executable, "-m", "fastreap", "bench", "--quick", "--json", path],
-                       capture_output=True, text=True, timeout=110)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastreap", "bench", "--quick", "--json", path],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert r.returncode == 0, r.stderr
     with open(path) as f:
         doc = json.load(f)
@@ -40,8 +44,12 @@ def test_bench_quick_json(tmp_path: os.PathLike[str]) -> None:
             assert res["baseline"] in groups[res["group"]]  # same run, same group
             assert res["ratio"] > 0
     cref = {res["name"] for res in results if res["area"] == "cref"}
-    assert {"C fork/_exit/waitpid loop", "os.fork + os._exit + os.waitpid",
-            "C acquire load (loop in C)", "fastreap.stop_requested()"} <= cref
+    assert {
+        "C fork/_exit/waitpid loop",
+        "os.fork + os._exit + os.waitpid",
+        "C acquire load (loop in C)",
+        "fastreap.stop_requested()",
+    } <= cref
     # The table shows every case with its ratio.
     for res in results:
         assert res["name"] in r.stdout

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 import fastreap
-from fastreap import _children
 from conftest import run_program, wait_ready
+from fastreap import _children
 
 
 @pytest.fixture(params=["pidfd", "sigchld"])
@@ -58,6 +58,7 @@ def _sleep() -> None:
 
 # ---- watch targets and ExitStatus ----------------------------------------
 
+
 def test_watch_int_popen_child(backend: str) -> None:
     spid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ)
     cs = fastreap.watch(spid)
@@ -94,8 +95,7 @@ def test_signal_status_and_rusage(backend: str) -> None:
     assert st is not None and st.signal == signal.SIGKILL and st.exit_code is None and not st.core_dumped
     assert p.wait() == -9
     # rusage: a child that burns CPU and allocates 64 MiB
-    p = subprocess.Popen([sys.executable, "-c",
-                          "b = bytearray(64 << 20)\nfor i in range(3_000_000): pass"])
+    p = subprocess.Popen([sys.executable, "-c", "b = bytearray(64 << 20)\nfor i in range(3_000_000): pass"])
     c = fastreap.watch(p)
     assert c.wait() == 0
     st = c.status
@@ -108,9 +108,11 @@ def test_core_dumped(backend: str) -> None:
     def allow_core() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         os.chdir("/tmp")
+
     try:
-        p = subprocess.Popen([sys.executable, "-c", "import os; os.abort()"], preexec_fn=allow_core,
-                             stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-c", "import os; os.abort()"], preexec_fn=allow_core, stderr=subprocess.DEVNULL
+        )
     except (ValueError, OSError):
         pytest.skip("cannot raise RLIMIT_CORE")
     c = fastreap.watch(p)
@@ -142,6 +144,7 @@ def test_terminate(backend: str) -> None:
 
 
 # ---- wait ------------------------------------------------------------------
+
 
 def test_wait_timeouts(backend: str) -> None:
     a, b = sleeper(), sh("exit 2")
@@ -197,12 +200,13 @@ def test_sigint_interrupts_wait() -> None:
 
 # ---- never steal, write-back, lost ---------------------------------------
 
+
 def test_never_steals_unwatched_popen(backend: str) -> None:
     other = sh("exit 9")
     watched = [fastreap.watch(sh("exit 1")) for _ in range(3)]
     os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # foreign zombie in front
     done, pending = fastreap.wait(watched, 30, fastreap.ALL_EXITED)
-    assert not pending and all(c.returncode == 1 for c in watched)
+    assert not pending and done == set(watched) and all(c.returncode == 1 for c in watched)
     assert other.wait() == 9  # its own wait gets the true code
 
 
@@ -213,7 +217,7 @@ def test_popen_writeback_with_concurrent_wait(backend: str, code: str) -> None:
         p = sh(code)
         c = fastreap.watch(p)
         got: list[int] = []
-        t = threading.Thread(target=lambda: got.append(p.wait()))
+        t = threading.Thread(target=lambda got=got, p=p: got.append(p.wait()))
         t.start()
         assert c.wait(30) == want
         t.join()
@@ -260,6 +264,7 @@ def test_reaped_by_someone_else_is_lost(backend: str) -> None:
 
 # ---- reap, subreaper, counters -------------------------------------------
 
+
 def test_reap_steals_and_delivers(backend: str) -> None:
     unwatched = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 2"], os.environ)
     p = sleeper()
@@ -295,9 +300,11 @@ def test_counters(backend: str) -> None:
 
 # ---- bad input ---------------------------------------------------------------
 
+
 def test_bad_input(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a: object) -> None:
         raise AssertionError("reached a system call")
+
     monkeypatch.setattr(os, "kill", boom)
     monkeypatch.setattr(os, "waitpid", boom)
     for pid in (0, -1, -12345):
@@ -328,6 +335,7 @@ def test_bad_input(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- scale ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("env_backend", ["auto", "sigchld"])
 def test_10000_sleepers_under_1024_fds(env_backend: str) -> None:
@@ -353,7 +361,7 @@ def test_leader_wakes_when_another_thread_reaps(backend: str) -> None:
         x, y = sleeper(), sleeper()
         cx, cy = fastreap.watch(x), fastreap.watch(y)
         res: list[tuple[set[fastreap.Child], set[fastreap.Child]]] = []
-        t = threading.Thread(target=lambda: res.append(fastreap.wait([cx, cy], 30)))
+        t = threading.Thread(target=lambda res=res, cx=cx, cy=cy: res.append(fastreap.wait([cx, cy], 30)))
         t.start()
         while not w.leading:
             time.sleep(0.001)

@@ -29,8 +29,7 @@ def _unshare_works() -> bool:
     if exe is None or not sys.platform.startswith("linux"):
         return False
     try:
-        r = subprocess.run([exe, "--pid", "--fork", "--mount-proc", "true"],
-                           capture_output=True, timeout=10)
+        r = subprocess.run([exe, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
@@ -47,8 +46,9 @@ class Run:
         if ns:
             cmd = ["unshare", "--pid", "--fork", "--mount-proc", *cmd]
         self.ns = ns
-        self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     @property
     def fastreap_pid(self) -> int:
@@ -97,12 +97,15 @@ def ns(request: pytest.FixtureRequest) -> Iterator[bool]:
 # -- exit status -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("mode", "expected"), [
-    (["exit", "0"], 0),
-    (["exit", "3"], 3),
-    (["killself", str(int(signal.SIGTERM))], 128 + signal.SIGTERM),
-    (["killself", str(int(signal.SIGKILL))], 128 + signal.SIGKILL),
-])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (["exit", "0"], 0),
+        (["exit", "3"], 3),
+        (["killself", str(int(signal.SIGTERM))], 128 + signal.SIGTERM),
+        (["killself", str(int(signal.SIGKILL))], 128 + signal.SIGKILL),
+    ],
+)
 def test_exit_status_is_cmds(ns: bool, mode: list[str], expected: int) -> None:
     rc, _out, err = Run("--", sys.executable, TARGET, *mode, ns=ns).finish()
     assert rc == expected, err
@@ -126,17 +129,20 @@ def test_not_executable_is_126(tmp_path: os.PathLike[str]) -> None:
     assert rc == 126
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ([], "CMD is missing"),
-    (["--"], "CMD is missing"),
-    (["--grace", "soon", "--", "true"], "not a number of seconds"),
-    (["--grace", "-1", "--", "true"], ">= 0"),
-    (["--grace", "nan", "--", "true"], ">= 0"),
-    (["--stop-signal", "KILL", "--", "true"], "SIGKILL cannot be the stop signal"),
-    (["--stop-signal", "NOPE", "--", "true"], "unknown signal"),
-    (["--stop-signal", "999", "--", "true"], "no signal number 999"),
-    (["--bogus", "--", "true"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "CMD is missing"),
+        (["--"], "CMD is missing"),
+        (["--grace", "soon", "--", "true"], "not a number of seconds"),
+        (["--grace", "-1", "--", "true"], ">= 0"),
+        (["--grace", "nan", "--", "true"], ">= 0"),
+        (["--stop-signal", "KILL", "--", "true"], "SIGKILL cannot be the stop signal"),
+        (["--stop-signal", "NOPE", "--", "true"], "unknown signal"),
+        (["--stop-signal", "999", "--", "true"], "no signal number 999"),
+        (["--bogus", "--", "true"], "unrecognized arguments"),
+    ],
+)
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     rc, _out, err = Run(*args).finish()
     assert rc == 2
@@ -276,8 +282,9 @@ def test_terminal_stays_usable_for_cmd(group: bool) -> None:
     is made the foreground group (as tini does), so Ctrl-C and Ctrl-Z reach
     CMD's group and no SIGTTIN stops it."""
     args = ["--group"] if group else []
-    r = subprocess.run([sys.executable, str(PROGRAMS / "cli_tty.py"), *args],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(PROGRAMS / "cli_tty.py"), *args], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, r.stderr
     assert f"RESULT FG True OWNGROUP {group}" in r.stdout
     assert "RESULT GOT hello" in r.stdout

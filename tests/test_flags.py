@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, run_program, wait_ready
 
 import fastreap
+from conftest import PROGRAMS, run_program, wait_ready
 from fastreap import _core, _flags
 
 LINUX = sys.platform.startswith("linux")
@@ -260,7 +260,9 @@ def test_handle_signals_rejects_bad_flag() -> None:
     assert _flags._installed == {}
 
 
-@pytest.mark.parametrize(("signals", "exc"), [(signal.SIGKILL, ValueError), (0, ValueError), ("x", TypeError)])
+@pytest.mark.parametrize(
+    ("signals", "exc"), [(signal.SIGKILL, ValueError), (0, ValueError), ("x", TypeError)]
+)
 def test_restore_signals_rejects_bad_signals(signals: object, exc: type[Exception]) -> None:
     with pytest.raises(exc, match="signals"):
         fastreap.restore_signals(signals)  # type: ignore[arg-type]

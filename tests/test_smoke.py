@@ -3,9 +3,24 @@
 import fastreap
 
 CONTRACT = [
-    "StopFlag", "handle_signals", "restore_signals", "stop_requested", "graceful", "Stopped",
-    "watch", "Child", "ExitStatus", "wait", "FIRST_EXITED", "ALL_EXITED", "graceful_stop",
-    "StopReport", "terminate", "kill", "reap", "set_subreaper",
+    "StopFlag",
+    "handle_signals",
+    "restore_signals",
+    "stop_requested",
+    "graceful",
+    "Stopped",
+    "watch",
+    "Child",
+    "ExitStatus",
+    "wait",
+    "FIRST_EXITED",
+    "ALL_EXITED",
+    "graceful_stop",
+    "StopReport",
+    "terminate",
+    "kill",
+    "reap",
+    "set_subreaper",
 ]
 
 

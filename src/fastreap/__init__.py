@@ -1,4 +1,5 @@
 """fastreap: the lifecycle of child processes, with a compiled core."""
+
 import os as _os
 import sys as _sys
 

@@ -131,11 +131,17 @@ def run(quick: bool, progress: Progress) -> list[Result]:
             (base, _core._cref_fork_wait, batch, "fastreap._core._cref_fork_wait"),
             ("os.fork + os._exit + os.waitpid", _fork_exit_waitpid, batch, ""),
             ("os.fork + fastreap.watch(pid).wait()", _fork_watch_wait, batch, ""),
-            ("subprocess.Popen(['true']).wait()", _popen_true, max(5, batch // 2),
-             "fork+exec (vfork/posix_spawn path) of true"),
+            (
+                "subprocess.Popen(['true']).wait()",
+                _popen_true,
+                max(5, batch // 2),
+                "fork+exec (vfork/posix_spawn path) of true",
+            ),
         ]
-        rows = [Result(g, name, "us", baseline=None if name == base else base, note=note)
-                for name, _fn, _b, note in cases]
+        rows = [
+            Result(g, name, "us", baseline=None if name == base else base, note=note)
+            for name, _fn, _b, note in cases
+        ]
         for i in range(repeat):
             progress(f"{g}: round {i + 1}/{repeat}")
             for row, (_name, fn, b, _note) in zip(rows, cases, strict=True):
@@ -149,8 +155,13 @@ def run(quick: bool, progress: Progress) -> list[Result]:
         base = "C pidfd + poll" if pidfd else wp_name
         c_row = Result(g, "C pidfd + poll", "us", note="fastreap._core._cref_pidfd_latency")
         wp_row = Result(g, "os.waitpid (blocking)", "us", baseline=None if base == wp_name else base)
-        fr_row = Result(g, "fastreap.watch(pid).wait()", "us", baseline=base,
-                        note="watch() made before the child is let go")
+        fr_row = Result(
+            g,
+            "fastreap.watch(pid).wait()",
+            "us",
+            baseline=base,
+            note="watch() made before the child is let go",
+        )
         for i in range(n):
             if i % 20 == 0:
                 progress(f"{g}: child {i + 1}/{n}")
@@ -164,18 +175,36 @@ def run(quick: bool, progress: Progress) -> list[Result]:
     base = "C acquire load (loop in C)"
     number, frepeat = (300_000, 9) if quick else (1_000_000, 15)
     progress(f"{g}: C")
-    res.append(Result(g, base, "ns", [_core._cref_flag_load(number * 50) for _ in range(frepeat)],
-                      note="fastreap._core._cref_flag_load"))
+    res.append(
+        Result(
+            g,
+            base,
+            "ns",
+            [_core._cref_flag_load(number * 50) for _ in range(frepeat)],
+            note="fastreap._core._cref_flag_load",
+        )
+    )
     from ._flags import default_flag, stop_requested
 
     event = threading.Event()
     flag = default_flag()
-    for name, fn in [("fastreap.stop_requested()", stop_requested),
-                     ("StopFlag.is_set()", flag.is_set),
-                     ("threading.Event.is_set()", event.is_set)]:
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("fastreap.stop_requested()", stop_requested),
+        ("StopFlag.is_set()", flag.is_set),
+        ("threading.Event.is_set()", event.is_set),
+    ]
+    for name, check in checks:
         progress(f"{g}: {name}")
-        res.append(Result(g, name, "ns", per_call_ns(fn, number=number, repeat=frepeat), baseline=base,
-                          note="Python loop overhead included"))
+        res.append(
+            Result(
+                g,
+                name,
+                "ns",
+                per_call_ns(check, number=number, repeat=frepeat),
+                baseline=base,
+                note="Python loop overhead included",
+            )
+        )
     return res
 
 
@@ -276,9 +305,11 @@ def _fmt(x: float) -> str:
 
 def format_table(results: list[Result], *, quick: bool = False, elapsed: float = 0.0) -> str:
     """Medians, p90 and ratios against each group's baseline, as plain text."""
-    head = (f"fastreap {__version__} bench{' --quick' if quick else ''}: Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs, "
-            f"{elapsed:.1f}s")
+    head = (
+        f"fastreap {__version__} bench{' --quick' if quick else ''}: Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{elapsed:.1f}s"
+    )
     rows = [("case", "median", "p90", "unit", "vs baseline", "goal")]
     groups: dict[str, list[Result]] = {}
     for r in results:
@@ -301,8 +332,16 @@ def format_table(results: list[Result], *, quick: bool = False, elapsed: float =
     w = [max(len(row[i]) for row in allrows) for i in range(6)]
 
     def fmt(row: tuple[str, ...]) -> str:
-        return "  ".join([row[0].ljust(w[0]), row[1].rjust(w[1]), row[2].rjust(w[2]), row[3].ljust(w[3]),
-                          row[4].rjust(w[4]), row[5]]).rstrip()
+        return "  ".join(
+            [
+                row[0].ljust(w[0]),
+                row[1].rjust(w[1]),
+                row[2].rjust(w[2]),
+                row[3].ljust(w[3]),
+                row[4].rjust(w[4]),
+                row[5],
+            ]
+        ).rstrip()
 
     out = [head, "", fmt(rows[0]), "-" * len(fmt(rows[0]))]
     for g, body in lines_by_group:
@@ -313,8 +352,15 @@ def format_table(results: list[Result], *, quick: bool = False, elapsed: float =
     return "\n".join(out)
 
 
-def _write_json(path: str, runs: list[AreaRun], results: list[tuple[str, Result]], *, quick: bool,
-                started: str, elapsed: float) -> None:
+def _write_json(
+    path: str,
+    runs: list[AreaRun],
+    results: list[tuple[str, Result]],
+    *,
+    quick: bool,
+    started: str,
+    elapsed: float,
+) -> None:
     by_area: dict[str, list[Result]] = {}
     for a, r in results:
         by_area.setdefault(a, []).append(r)
@@ -349,4 +395,3 @@ def _write_json(path: str, runs: list[AreaRun], results: list[tuple[str, Result]
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-

@@ -131,7 +131,9 @@ def _check_cost(quick: bool, progress: Progress) -> list[Result]:
     return out
 
 
-def _hash_while(data: bytes, during: threading.Thread | None, before: _Sender | None = None) -> tuple[int, int]:
+def _hash_while(
+    data: bytes, during: threading.Thread | None, before: _Sender | None = None
+) -> tuple[int, int]:
     """Hash data in this (the main) thread; start ``during`` just before and
     poke ``before`` right before entering the C call. Return its clock span."""
     if during is not None:
@@ -169,7 +171,7 @@ def _fastreap_round(data: bytes, kind: str, n: int) -> tuple[list[float], int]:
     _, end = _hash_while(data, threading.Thread(target=worker))
     sent = sender.finish()
     flag.clear()
-    delays = [(s - t0) / 1e6 for t0, s in zip(sent, seen) if s <= end]
+    delays = [(s - t0) / 1e6 for t0, s in zip(sent, seen, strict=False) if s <= end]
     return delays, len(sent) - len(delays)
 
 
@@ -228,7 +230,8 @@ def _latency(quick: bool, progress: Progress) -> list[Result]:
                     delays,
                     baseline=base,
                     goal="median < 1 ms",
-                    note=f"{len(delays)} signals during the call" + (f", {late} after it (dropped)" if late else ""),
+                    note=f"{len(delays)} signals during the call"
+                    + (f", {late} after it (dropped)" if late else ""),
                 )
             )
     finally:

@@ -56,8 +56,9 @@ class _Killer:
         self.th.join()
 
 
-def _measure(killer: _Killer, start: Callable[[], object], block: Callable[[object], None],
-             n: int) -> list[float]:
+def _measure(
+    killer: _Killer, start: Callable[[], object], block: Callable[[object], None], n: int
+) -> list[float]:
     out = []
     for _ in range(n):
         h = start()
@@ -80,6 +81,7 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
         other_fds = [os.pidfd_open(p) for p in others] if hasattr(os, "pidfd_open") else []
 
         if hasattr(os, "pidfd_open"):
+
             def pidfd_block(pid: object) -> None:
                 fd = os.pidfd_open(pid)  # type: ignore[arg-type]
                 p = select.poll()
@@ -89,39 +91,75 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
                 p.poll()
                 os.waitpid(pid, 0)  # type: ignore[arg-type]
                 os.close(fd)
+
             # pidfd_open is done before the kill in the real pattern; do it here too
             def pidfd_start() -> int:
                 return _spawn()
-            base = Result(group, "os.pidfd_open+select.poll", "us",
-                          _measure(killer, pidfd_start, pidfd_block, n), note="baseline")
+
+            base = Result(
+                group,
+                "os.pidfd_open+select.poll",
+                "us",
+                _measure(killer, pidfd_start, pidfd_block, n),
+                note="baseline",
+            )
             results.append(base)
 
         def fr_start() -> object:
             return fastreap.watch(_spawn())
-        results.append(Result(group, "fastreap Child.wait()", "us",
-                              _measure(killer, fr_start, lambda c: c.wait(), n),  # type: ignore[attr-defined]
-                              baseline="os.pidfd_open+select.poll", goal=goal))
+
+        results.append(
+            Result(
+                group,
+                "fastreap Child.wait()",
+                "us",
+                _measure(killer, fr_start, lambda c: c.wait(), n),  # type: ignore[attr-defined]
+                baseline="os.pidfd_open+select.poll",
+                goal=goal,
+            )
+        )
 
         def fr_wait(c: object) -> None:
             fastreap.wait([c, *other_kids], None, fastreap.FIRST_EXITED)
-        results.append(Result(group, "fastreap.wait(FIRST_EXITED)", "us",
-                              _measure(killer, fr_start, fr_wait, n),
-                              baseline="os.pidfd_open+select.poll", goal=goal))
 
-        results.append(Result(group, "Popen.wait(timeout)", "us",
-                              _measure(killer, lambda: subprocess.Popen(_SLEEP),
-                                       lambda p: p.wait(600), n),  # type: ignore[attr-defined]
-                              baseline="os.pidfd_open+select.poll"))
+        results.append(
+            Result(
+                group,
+                "fastreap.wait(FIRST_EXITED)",
+                "us",
+                _measure(killer, fr_start, fr_wait, n),
+                baseline="os.pidfd_open+select.poll",
+                goal=goal,
+            )
+        )
+
+        results.append(
+            Result(
+                group,
+                "Popen.wait(timeout)",
+                "us",
+                _measure(killer, lambda: subprocess.Popen(_SLEEP), lambda p: p.wait(600), n),  # type: ignore[attr-defined]
+                baseline="os.pidfd_open+select.poll",
+            )
+        )
         try:
             import psutil
         except ImportError:
             psutil = None
         if psutil is not None:
+
             def ps_block(pid: object) -> None:
-                psutil.wait_procs([psutil.Process(pid)], timeout=600)  # type: ignore[arg-type]
-            results.append(Result(group, "psutil.wait_procs", "us",
-                                  _measure(killer, _spawn, ps_block, n),
-                                  baseline="os.pidfd_open+select.poll"))
+                psutil.wait_procs([psutil.Process(pid)], timeout=600)
+
+            results.append(
+                Result(
+                    group,
+                    "psutil.wait_procs",
+                    "us",
+                    _measure(killer, _spawn, ps_block, n),
+                    baseline="os.pidfd_open+select.poll",
+                )
+            )
         for fd in other_fds:
             os.close(fd)
     finally:
@@ -139,9 +177,15 @@ def _per_exit(live: int, n: int, killer: _Killer) -> Result:
         pidfds = fastreap.counters()["pidfds"]
     finally:
         fastreap.kill(kids)
-    return Result("per-exit cost (kill -> Child.wait returns)", f"{live} live children", "us", samples,
-                  baseline="100 live children", goal="flat",
-                  note=f"{backend}, {pidfds} pidfds, rest on the SIGCHLD path")
+    return Result(
+        "per-exit cost (kill -> Child.wait returns)",
+        f"{live} live children",
+        "us",
+        samples,
+        baseline="100 live children",
+        goal="flat",
+        note=f"{backend}, {pidfds} pidfds, rest on the SIGCHLD path",
+    )
 
 
 def run(quick: bool, progress: Progress) -> list[Result]:

@@ -96,8 +96,14 @@ class ExitStatus:
     max_rss: int | None = None
 
     @classmethod
-    def _from_wait(cls, pid: int, status: int, utime: float | None = None,
-                   stime: float | None = None, maxrss: int | None = None) -> ExitStatus:
+    def _from_wait(
+        cls,
+        pid: int,
+        status: int,
+        utime: float | None = None,
+        stime: float | None = None,
+        maxrss: int | None = None,
+    ) -> ExitStatus:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             return cls(pid, -sig, None, sig, os.WCOREDUMP(status), utime, stime, maxrss)
@@ -423,7 +429,7 @@ def _owner_returncode(t: Any) -> int | None:
     if isinstance(t, _Popen):
         # Popen reaps and stores returncode under _waitpid_lock: once we hold
         # it, a concurrent wait() has finished publishing.
-        with t._waitpid_lock:
+        with t._waitpid_lock:  # type: ignore[attr-defined]
             return t.returncode
     if t is None or t._popen is None:
         return None
@@ -448,8 +454,17 @@ class Child:
     kernel has one; otherwise kill() while the unreaped pid cannot be reused)
     and becomes a silent no-op once the child is reaped."""
 
-    __slots__ = ("__weakref__", "_callbacks", "_foreign", "_lost", "_pidfd", "_status",
-                 "_target", "_watcher", "pid")
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_foreign",
+        "_lost",
+        "_pidfd",
+        "_status",
+        "_target",
+        "_watcher",
+        "pid",
+    )
 
     def __init__(self, pid: int, target: Any, watcher: _Watcher, foreign: bool = False) -> None:
         self.pid = pid
@@ -554,14 +569,20 @@ class Child:
                 pass
 
     def __repr__(self) -> str:
-        state = "lost" if self._lost else ("running" if self._status is None else f"returncode={self._status.returncode}")
+        state = (
+            "lost"
+            if self._lost
+            else ("running" if self._status is None else f"returncode={self._status.returncode}")
+        )
         return f"<fastreap.Child pid={self.pid} {state}>"
 
 
 def _check_pid(pid: object, name: str = "target") -> int:
     if isinstance(pid, bool) or not isinstance(pid, int):
-        raise TypeError(f"{name} must be a pid, subprocess.Popen, multiprocessing.Process or Child, "
-                        f"not {type(pid).__name__}")
+        raise TypeError(
+            f"{name} must be a pid, subprocess.Popen, multiprocessing.Process or Child, "
+            f"not {type(pid).__name__}"
+        )
     if pid <= 0:
         raise ValueError(f"{name} must be a pid > 0, got {pid} (0 and negative pids name process groups)")
     return int(pid)
@@ -677,6 +698,7 @@ def wait(
     kids = _as_children(children, "children")
     if kids:
         if return_when == FIRST_EXITED:
+
             def pred() -> bool:
                 return any(c._done() for c in kids)
         else:
@@ -689,6 +711,7 @@ def wait(
                 if pending_kids:
                     pending_kids[:] = [c for c in pending_kids if not c._done()]
                 return not pending_kids
+
         _watcher.wait_until(pred, t)
     done = {c for c in kids if c._done()}
     return done, set(kids) - done

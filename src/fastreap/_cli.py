@@ -129,18 +129,35 @@ def build_parser() -> argparse.ArgumentParser:
         "(as PID 1 or subreaper), and exit with CMD's status (128+N if signal N killed it).",
         usage="fastreap run [--grace S] [--stop-signal SIG] [--subreaper] [--group] [-v] -- CMD [ARG...]",
     )
-    r.add_argument("--grace", type=_grace, default=DEFAULT_GRACE, metavar="S",
-                   help=f"seconds CMD gets after the stop signal before SIGKILL (default {DEFAULT_GRACE:g})")
-    r.add_argument("--stop-signal", type=_stop_signal, default=int(signal.SIGTERM), metavar="SIG",
-                   help="the signal that starts the grace period: TERM, SIGTERM or 15 (default TERM)")
-    r.add_argument("--subreaper", action="store_true",
-                   help="become a child subreaper (Linux) so orphaned descendants are reaped here")
-    r.add_argument("--group", action="store_true",
-                   help="start CMD in its own process group and signal the whole group")
+    r.add_argument(
+        "--grace",
+        type=_grace,
+        default=DEFAULT_GRACE,
+        metavar="S",
+        help=f"seconds CMD gets after the stop signal before SIGKILL (default {DEFAULT_GRACE:g})",
+    )
+    r.add_argument(
+        "--stop-signal",
+        type=_stop_signal,
+        default=int(signal.SIGTERM),
+        metavar="SIG",
+        help="the signal that starts the grace period: TERM, SIGTERM or 15 (default TERM)",
+    )
+    r.add_argument(
+        "--subreaper",
+        action="store_true",
+        help="become a child subreaper (Linux) so orphaned descendants are reaped here",
+    )
+    r.add_argument(
+        "--group", action="store_true", help="start CMD in its own process group and signal the whole group"
+    )
     r.add_argument("-v", "--verbose", action="store_true", help="log what fastreap does on stderr")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
-    b = sub.add_parser("bench", help="run the benchmark suite",
-                       description="Benchmarks; ratios are against baselines measured in the same run.")
+    b = sub.add_parser(
+        "bench",
+        help="run the benchmark suite",
+        description="Benchmarks; ratios are against baselines measured in the same run.",
+    )
     b.add_argument("--quick", action="store_true", help="fewer samples; finishes in under a minute")
     b.add_argument("--json", metavar="PATH", help="write every sample to PATH as JSON")
     return p
@@ -165,8 +182,14 @@ def _main(argv: list[str]) -> int:
         cmd = cmd[1:]
     if not cmd:
         parser.error("run: CMD is missing (fastreap run [options] -- CMD [ARG...])")
-    sup = Supervisor(cmd, grace=args.grace, stop_signal=args.stop_signal,
-                     subreaper=args.subreaper, group=args.group, verbose=args.verbose)
+    sup = Supervisor(
+        cmd,
+        grace=args.grace,
+        stop_signal=args.stop_signal,
+        subreaper=args.subreaper,
+        group=args.group,
+        verbose=args.verbose,
+    )
     try:
         return sup.run()
     except UsageError as e:
@@ -199,8 +222,16 @@ def _children_of_self() -> list[int]:
 class Supervisor:
     """One ``fastreap run``: start CMD, then the loop described in the module docstring."""
 
-    def __init__(self, cmd: list[str], *, grace: float = DEFAULT_GRACE, stop_signal: int = signal.SIGTERM,
-                 subreaper: bool = False, group: bool = False, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        grace: float = DEFAULT_GRACE,
+        stop_signal: int = signal.SIGTERM,
+        subreaper: bool = False,
+        group: bool = False,
+        verbose: bool = False,
+    ) -> None:
         self.cmd = cmd
         self.grace = grace
         self.stop_signal = int(stop_signal)

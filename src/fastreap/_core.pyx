@@ -10,7 +10,7 @@ monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.pycapsule cimport PyCapsule_New
-from libc.errno cimport EAGAIN, ECHILD, EINTR, ENOSPC, ENOSYS, errno
+from libc.errno cimport ECHILD, EINTR, ENOSPC, ENOSYS, errno
 from libc.stdint cimport int64_t, uintptr_t
 from libc.math cimport isnan
 

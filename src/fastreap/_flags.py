@@ -94,7 +94,9 @@ def _check_handled(signals: object) -> tuple[int, ...]:
     if isinstance(signals, int):
         signals = (signals,)
     if not isinstance(signals, Iterable):
-        raise TypeError(f"signals must be a signal number or an iterable of them, not {type(signals).__name__}")
+        raise TypeError(
+            f"signals must be a signal number or an iterable of them, not {type(signals).__name__}"
+        )
     out: list[int] = []
     for sig in signals:
         s = check_signal(sig, "signals")
@@ -200,7 +202,9 @@ def _undo(s: int, rec: _Record) -> None:
 def restore_signals(signals: Iterable[int] | int | None = None) -> None:
     """Put back exactly the dispositions fastreap replaced (all, or those named)."""
     with _lock:
-        sigs = list(_installed) if signals is None else [s for s in _check_handled(signals) if s in _installed]
+        sigs = (
+            list(_installed) if signals is None else [s for s in _check_handled(signals) if s in _installed]
+        )
         if not _is_main_thread() and any(_installed[s].py_changed for s in sigs):
             raise ValueError("these signals were handled with exit=True; restore them from the main thread")
         for s in sigs:
@@ -209,9 +213,7 @@ def restore_signals(signals: Iterable[int] | int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def graceful(
-    signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = False
-) -> Iterator[StopFlag]:
+def graceful(signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = False) -> Iterator[StopFlag]:
     """Handle ``signals`` inside the block (yielding the default flag) and
     restore, on the way out, those that were not handled before it."""
     sigs = _check_handled(signals)

@@ -1,4 +1,5 @@
 """N /bin/sleep children watched under RLIMIT_NOFILE 1024; all reaped, no zombie."""
+
 import os
 import resource
 import signal

@@ -1,4 +1,5 @@
 """Blocks in fastreap Child.wait() on a sleeper; SIGINT must interrupt it."""
+
 import subprocess
 import sys
 

@@ -1,5 +1,5 @@
 """set_subreaper: an orphaned grandchild is reparented to us and reap() gets it."""
-import os
+
 import subprocess
 import time
 

@@ -31,8 +31,15 @@ def watch_signals(exit_on=(signal.SIGTERM, signal.SIGINT)) -> None:
         if sig in exit_on:
             sys.exit(0)
 
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-              signal.SIGUSR2, signal.SIGWINCH):
+    for s in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+    ):
         signal.signal(s, h)
 
 

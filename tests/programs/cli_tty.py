@@ -18,8 +18,10 @@ PROBE = (
 
 pid, master = pty.fork()
 if pid == 0:
-    os.execv(sys.executable, [sys.executable, "-m", "fastreap", "run", *sys.argv[1:], "--",
-                              sys.executable, "-c", PROBE])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "fastreap", "run", *sys.argv[1:], "--", sys.executable, "-c", PROBE],
+    )
 buf = b""
 sent = False
 while True:
@@ -30,7 +32,7 @@ while True:
     if not chunk:
         break
     buf += chunk
-    if not sent and b"FG " in buf and b"\n" in buf[buf.index(b"FG "):]:
+    if not sent and b"FG " in buf and b"\n" in buf[buf.index(b"FG ") :]:
         os.write(master, b"hello\n")
         sent = True
 _, status = os.waitpid(pid, 0)

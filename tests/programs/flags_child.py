@@ -60,7 +60,12 @@ def disposition(sig: int) -> tuple[object, ...]:
     (handler, flags, mask). glibc adds SA_RESTORER (its return trampoline) to
     every sigaction it makes, and fills only the kernel's 64 bits of the mask."""
     sa = sigaction(sig)
-    return (repr(signal.getsignal(sig)), sa.handler or 0, sa.flags & ~SA_RESTORER, bytes(sa.mask)[:KERNEL_MASK])
+    return (
+        repr(signal.getsignal(sig)),
+        sa.handler or 0,
+        sa.flags & ~SA_RESTORER,
+        bytes(sa.mask)[:KERNEL_MASK],
+    )
 
 
 def ready() -> None:
@@ -139,7 +144,9 @@ def exit_mode(how: str = "sleep") -> None:
                 n += 1
         print("NOT STOPPED", flush=True)
     except fastreap.Stopped as e:
-        result(caught=type(e).__name__, code=e.code, signal=e.signal, stop_requested=fastreap.stop_requested())
+        result(
+            caught=type(e).__name__, code=e.code, signal=e.signal, stop_requested=fastreap.stop_requested()
+        )
         raise
     finally:
         print("FINALLY", flush=True)

@@ -149,8 +149,7 @@ void fr_flag_publish_fds(fr_flag *f, int rfd, int wfd) {
 /* ---- binding ----------------------------------------------------------- */
 
 static int valid_signo(int signo) {
-    return signo > 0 && signo < FASTREAP_NSIG && signo != SIGKILL &&
-           signo != SIGSTOP;
+    return signo > 0 && signo < FASTREAP_NSIG && signo != SIGKILL && signo != SIGSTOP;
 }
 
 int fr_bind(int signo, fr_flag *f) {
@@ -162,8 +161,8 @@ int fr_bind(int signo, fr_flag *f) {
         if (LOAD(&fr_bound[signo][i]) == f) return 0;
     for (int i = 0; i < FASTREAP_MAX_BOUND; i++) {
         fr_flag *expected = NULL;
-        if (__atomic_compare_exchange_n(&fr_bound[signo][i], &expected, f, 0,
-                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        if (__atomic_compare_exchange_n(&fr_bound[signo][i], &expected, f, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST))
             return 0;
     }
     errno = ENOSPC;
@@ -177,8 +176,8 @@ int fr_unbind(int signo, fr_flag *f) {
     }
     for (int i = 0; i < FASTREAP_MAX_BOUND; i++) {
         fr_flag *expected = f;
-        __atomic_compare_exchange_n(&fr_bound[signo][i], &expected, NULL, 0,
-                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+        __atomic_compare_exchange_n(&fr_bound[signo][i], &expected, NULL, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST);
     }
     return 0;
 }
@@ -352,8 +351,7 @@ int fr_chld_drain(int *out, int max, int *lost) {
         tail = head - FASTREAP_RING;
     }
     while (tail < head && n < max) {
-        int pid = __atomic_exchange_n(&fr_ring[tail & (FASTREAP_RING - 1)], 0,
-                                      __ATOMIC_SEQ_CST);
+        int pid = __atomic_exchange_n(&fr_ring[tail & (FASTREAP_RING - 1)], 0, __ATOMIC_SEQ_CST);
         if (pid > 0)
             out[n++] = pid;
         else

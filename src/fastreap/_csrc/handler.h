@@ -15,9 +15,9 @@
 /* The part of a stop flag that may live in memory shared between processes.
  * `state` is the flag itself; C code polls it with an atomic load. */
 typedef struct fr_flagmem {
-    uint32_t state;  /* 0 clear, 1 set (accessed with __atomic builtins) */
-    int32_t signo;   /* last signal that set it, 0 when set by hand */
-    int32_t sender;  /* pid that sent that signal (si_pid), 0 if unknown */
+    uint32_t state; /* 0 clear, 1 set (accessed with __atomic builtins) */
+    int32_t signo;  /* last signal that set it, 0 when set by hand */
+    int32_t sender; /* pid that sent that signal (si_pid), 0 if unknown */
     uint32_t reserved;
 } fr_flagmem;
 

@@ -31,9 +31,7 @@ static int timeout_ms(double timeout) {
     return ms > 2147483647.0 ? 2147483647 : (int)ms;
 }
 
-static double tv_seconds(struct timeval tv) {
-    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
+static double tv_seconds(struct timeval tv) { return (double)tv.tv_sec + (double)tv.tv_usec / 1e6; }
 
 /* ---- poller ------------------------------------------------------------ */
 
@@ -85,8 +83,7 @@ int fr_poller_del_fd(int pfd, int fd) {
 int fr_poller_add_pid(int pfd, int pid, int64_t token) {
 #if FASTREAP_APPLE
     struct kevent ev;
-    EV_SET(&ev, pid, EVFILT_PROC, EV_ADD | EV_ONESHOT, NOTE_EXIT, 0,
-           (void *)(intptr_t)token);
+    EV_SET(&ev, pid, EVFILT_PROC, EV_ADD | EV_ONESHOT, NOTE_EXIT, 0, (void *)(intptr_t)token);
     return kevent(pfd, &ev, 1, NULL, 0, NULL);
 #else
     (void)pfd;
@@ -192,8 +189,7 @@ int fr_have_pidfd(void) {
 int fr_peek(int pid, int *code, int *status) {
     siginfo_t si;
     memset(&si, 0, sizeof si);
-    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
-        return -1;
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
     if (si.si_pid == 0) return 0;
     *code = si.si_code;
     *status = si.si_status;
@@ -303,8 +299,8 @@ double fr_cref_fork_wait(int n) {
 static int64_t *stamp_page(void) {
     static int64_t *page = NULL;
     if (page == NULL) {
-        void *p = mmap(NULL, sizeof(int64_t), PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        void *p =
+            mmap(NULL, sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) return NULL;
         page = p;
     }

@@ -8,10 +8,10 @@
 
 typedef struct fr_exit {
     int pid;
-    int status;     /* raw wait status */
-    double utime;   /* seconds */
-    double stime;   /* seconds */
-    long maxrss;    /* kilobytes (Linux) or bytes (macOS), as the kernel says */
+    int status;   /* raw wait status */
+    double utime; /* seconds */
+    double stime; /* seconds */
+    long maxrss;  /* kilobytes (Linux) or bytes (macOS), as the kernel says */
 } fr_exit;
 
 /* Event poller: epoll on Linux, kqueue on macOS. Tokens are int64. */
