@@ -1,20 +1,11 @@
-"""Run fastreap's reaping benchmarks and print medians and ratios.
+"""fastreap's parent-side benchmarks (exit-to-notice, per-exit cost):
+the same as ``fastreap bench --only reap``.
 
-python benchmarks/bench_reap.py [--quick]
+python benchmarks/bench_reap.py [--quick] [--json PATH]
 """
 
 import sys
 
-from fastreap._bench_reap import run
-from fastreap._benchutil import ratio
+from fastreap._cli import main
 
-quick = "--quick" in sys.argv
-results = run(quick, lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-group = None
-for r in results:
-    if r.group != group:
-        group = r.group
-        print(f"\n{group}")
-    q = ratio(results, r)
-    rs = f"{q:6.2f}x" if q is not None else "   base"
-    print(f"  {r.name:38s} median {r.median:9.1f} {r.unit}  p90 {r.p90:9.1f}  {rs}  {r.goal} {r.note}")
+main(["bench", "--only", "reap", *sys.argv[1:]])

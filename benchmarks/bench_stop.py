@@ -1,20 +1,10 @@
-"""Run fastreap's stop benchmark (1,000 children, 30% ignore SIGTERM, grace 1 s) and print medians and ratios.
+"""fastreap's graceful_stop benchmarks: the same as ``fastreap bench --only stop``.
 
-python benchmarks/bench_stop.py [--quick]
+python benchmarks/bench_stop.py [--quick] [--json PATH]
 """
 
 import sys
 
-from fastreap._bench_stop import run
-from fastreap._benchutil import ratio
+from fastreap._cli import main
 
-quick = "--quick" in sys.argv
-results = run(quick, lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-group = None
-for r in results:
-    if r.group != group:
-        group = r.group
-        print(f"\n{group}")
-    q = ratio(results, r)
-    rs = f"{q:6.2f}x" if q is not None else "   base"
-    print(f"  {r.name:38s} median {r.median:9.3f} {r.unit}  p90 {r.p90:9.3f}  {rs}  {r.goal} {r.note}")
+main(["bench", "--only", "stop", *sys.argv[1:]])

@@ -76,6 +76,8 @@ def _exempt_fds() -> set[int]:
     w = _children._get_watcher()
     if w.pfd >= 0:
         out.add(w.pfd)
+    if w.tfd >= 0:
+        out.add(w.tfd)  # the SIGCHLD path's loss-check timer
     gw = _core.global_wake_fd()
     out.add(gw)
     from multiprocessing import forkserver, resource_tracker

@@ -167,24 +167,48 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
     return results
 
 
-def _per_exit(live: int, n: int, killer: _Killer) -> Result:
-    import fastreap
+def _per_exit(live: int, n: int, killer: _Killer, nofile: int | None = None) -> Result:
+    """Notice of one exit with ``live`` watched children alive. With ``nofile``
+    the soft RLIMIT_NOFILE is lowered to it and a fresh watcher sizes its
+    pidfd budget from it (a quarter), so the rest take the SIGCHLD path."""
+    import resource
 
-    kids = [fastreap.watch(_spawn()) for _ in range(live)]
+    import fastreap
+    from fastreap import _children
+
+    old_lim = resource.getrlimit(resource.RLIMIT_NOFILE)
+    old_w = _children._watcher
+    w = None
+    if nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, old_lim[1]))
+        w = _children._Watcher()
+        w.sigchld_installed = old_w.sigchld_installed
+        _children._watcher = w
+    kids: list[fastreap.Child] = []
     try:
-        backend = fastreap.counters()["backend"]
+        kids = [fastreap.watch(_spawn()) for _ in range(live)]
+        before = fastreap.counters()
         samples = _measure(killer, lambda: fastreap.watch(_spawn()), lambda c: c.wait(), n)  # type: ignore[attr-defined]
-        pidfds = fastreap.counters()["pidfds"]
+        counts = fastreap.counters()
     finally:
         fastreap.kill(kids)
+        if w is not None:
+            _children._watcher = old_w
+            old_w.sigchld_installed = w.sigchld_installed
+            w.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, old_lim)
+    lim = f"RLIMIT_NOFILE {nofile:,}: " if nofile is not None else ""
     return Result(
         "per-exit cost (kill -> Child.wait returns)",
-        f"{live} live children",
+        f"{live:,} live" + (f", nofile {nofile:,}" if nofile is not None else ""),
         "us",
         samples,
-        baseline="100 live children",
+        baseline="100 live",
         goal="flat",
-        note=f"{backend}, {pidfds} pidfds, rest on the SIGCHLD path",
+        note=(
+            f"{lim}{counts['backend']}, {counts['pidfds']:,} pidfds, rest on SIGCHLD; "
+            f"{counts['loss_checks'] - before['loss_checks']} loss checks in {n} exits"
+        ),
     )
 
 
@@ -200,6 +224,8 @@ def run(quick: bool, progress: Progress) -> list[Result]:
         for live in (100, 1000, 10000):
             progress(f"per-exit cost with {live} live children")
             out.append(_per_exit(live, n, killer))
+        progress("per-exit cost with 10000 live children under RLIMIT_NOFILE 1024")
+        out.append(_per_exit(10000, n, killer, nofile=1024))
     finally:
         killer.close()
     return out

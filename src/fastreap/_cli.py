@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--quick", action="store_true", help="fewer samples; finishes in under a minute")
     b.add_argument("--json", metavar="PATH", help="write every sample to PATH as JSON")
+    b.add_argument(
+        "--only",
+        action="append",
+        choices=["flags", "reap", "stop", "cref"],
+        metavar="AREA",
+        help="run only this area (flags, reap, stop, cref); repeatable",
+    )
     return p
 
 
@@ -174,7 +181,7 @@ def _main(argv: list[str]) -> int:
     if args.command == "bench":
         from ._bench import run_suite
 
-        return run_suite(quick=args.quick, json_path=args.json)
+        return run_suite(quick=args.quick, json_path=args.json, areas=args.only)
     if args.command != "run":
         parser.error("a command is required: run or bench")
     cmd = list(args.cmd)

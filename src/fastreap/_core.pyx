@@ -438,6 +438,34 @@ def poller_del_fd(int pfd, int fd):
         _raise_errno()
 
 
+def poller_close_fd(int pfd, int fd):
+    """Deregister fd from the poller and close it."""
+    if fr_poller_close_fd(pfd, fd) < 0:
+        _raise_errno()
+
+
+def timer_open():
+    """A one-shot monotonic timer descriptor (Linux timerfd), readable once
+    it fires. NotImplementedError where there is none."""
+    cdef int fd = fr_timer_open()
+    if fd < 0:
+        if errno == ENOSYS:
+            raise NotImplementedError("timer_open needs Linux (timerfd)")
+        _raise_errno()
+    return fd
+
+
+def timer_arm(int fd, double seconds):
+    """Fire once in `seconds` (<= 0 disarms)."""
+    if fr_timer_arm(fd, seconds) < 0:
+        _raise_errno()
+
+
+def timer_drain(int fd):
+    if fr_timer_drain(fd) < 0:
+        _raise_errno()
+
+
 def poller_add_pid(int pfd, int pid, int64_t token):
     if fr_poller_add_pid(pfd, pid, token) < 0:
         _raise_errno()

@@ -21,6 +21,7 @@
 #if FASTREAP_LINUX
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/timerfd.h>
 #elif FASTREAP_APPLE
 #include <sys/event.h>
 #endif
@@ -78,6 +79,55 @@ int fr_poller_del_fd(int pfd, int fd) {
     errno = ENOSYS;
     return -1;
 #endif
+}
+
+int fr_poller_close_fd(int pfd, int fd) {
+    /* Deregister first: if a forked child still holds a copy of fd, close()
+     * alone would leave it registered (epoll tracks the open file). */
+    int saved = 0;
+    if (fr_poller_del_fd(pfd, fd) < 0) saved = errno;
+    if (close(fd) < 0 && saved == 0) saved = errno;
+    if (saved == 0 || saved == ENOENT || saved == EBADF) return 0;
+    errno = saved;
+    return -1;
+}
+
+int fr_timer_open(void) {
+#if FASTREAP_LINUX
+    return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_timer_arm(int fd, double seconds) {
+#if FASTREAP_LINUX
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    if (seconds > 0) {
+        if (seconds > 1e9) seconds = 1e9;
+        time_t whole = (time_t)seconds; /* truncates: seconds > 0 */
+        its.it_value.tv_sec = whole;
+        its.it_value.tv_nsec = (long)((seconds - (double)whole) * 1e9);
+        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+    }
+    return timerfd_settime(fd, 0, &its, NULL);
+#else
+    (void)fd;
+    (void)seconds;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_timer_drain(int fd) {
+    uint64_t n;
+    ssize_t r;
+    do {
+        r = read(fd, &n, sizeof n);
+    } while (r < 0 && errno == EINTR);
+    return (r < 0 && errno != EAGAIN) ? -1 : 0;
 }
 
 int fr_poller_add_pid(int pfd, int pid, int64_t token) {

@@ -18,6 +18,14 @@ typedef struct fr_exit {
 int fr_poller_open(void);
 int fr_poller_add_fd(int pfd, int fd, int64_t token);
 int fr_poller_del_fd(int pfd, int fd);
+/* Deregister fd and close it (one call on the reaping path); 0 or -1. */
+int fr_poller_close_fd(int pfd, int fd);
+/* A one-shot CLOCK_MONOTONIC timer descriptor (timerfd; Linux only, else
+ * ENOSYS), readable once it fires. arm(fd, s): fire in s seconds, s <= 0
+ * disarms. drain: consume the expiry (0, or -1 with errno). */
+int fr_timer_open(void);
+int fr_timer_arm(int fd, double seconds);
+int fr_timer_drain(int fd);
 /* macOS: watch a pid's exit directly in kqueue (no descriptor per child);
  * Linux: ENOSYS (use pidfds). */
 int fr_poller_add_pid(int pfd, int pid, int64_t token);
