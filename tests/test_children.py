@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -23,16 +24,22 @@ from fastreap import _children
 @pytest.fixture(params=["pidfd", "sigchld"])
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test on the pidfd+epoll watcher and on the SIGCHLD-ring watcher."""
+    if request.param == "pidfd" and not _children._Watcher().use_pidfd:
+        pytest.skip("no pidfd on this kernel")
+    with swapped_watcher(use_pidfd=request.param == "pidfd"):
+        yield request.param
+
+
+@contextlib.contextmanager
+def swapped_watcher(use_pidfd: bool) -> Iterator[_children._Watcher]:
+    """A fresh process-wide watcher for the duration (closed afterwards)."""
     old = _children._watcher
     new = _children._Watcher()
-    if request.param == "sigchld":
-        new.use_pidfd = False
-    elif not new.use_pidfd:
-        pytest.skip("no pidfd on this kernel")
+    new.use_pidfd = use_pidfd
     new.sigchld_installed = old.sigchld_installed
     _children._watcher = new
     try:
-        yield request.param
+        yield new
     finally:
         _children._watcher = old
         new.close()
@@ -398,12 +405,7 @@ def _coalesced_exits(n_live: int, n_dead: int) -> tuple[list[fastreap.Child], li
 
 
 def test_coalesced_sigchld_found_by_timed_loss_check() -> None:
-    old = _children._watcher
-    w = _children._Watcher()
-    w.use_pidfd = False
-    w.sigchld_installed = old.sigchld_installed
-    _children._watcher = w
-    try:
+    with swapped_watcher(use_pidfd=False) as w:
         # 100 live: the check is owed after one SIGCHLD but not due by count
         # (100 >> 5 = 3 exits), so the timer in the epoll set must run it.
         dead, live = _coalesced_exits(100, 10)
@@ -414,10 +416,6 @@ def test_coalesced_sigchld_found_by_timed_loss_check() -> None:
         assert w.loss_checks == checks + 1
         assert all(c.returncode is None for c in live)
         fastreap.kill(live)
-    finally:
-        _children._watcher = old
-        w.close()
-        old.sigchld_installed = w.sigchld_installed
 
 
 def test_coalesced_sigchld_found_in_asyncio() -> None:
@@ -425,12 +423,7 @@ def test_coalesced_sigchld_found_in_asyncio() -> None:
 
     from fastreap import aio
 
-    old = _children._watcher
-    w = _children._Watcher()
-    w.use_pidfd = False
-    w.sigchld_installed = old.sigchld_installed
-    _children._watcher = w
-    try:
+    with swapped_watcher(use_pidfd=False):
         dead, live = _coalesced_exits(100, 5)
 
         async def main() -> list[int]:
@@ -438,7 +431,3 @@ def test_coalesced_sigchld_found_in_asyncio() -> None:
 
         assert asyncio.run(main()) == [-signal.SIGKILL] * 5
         fastreap.kill(live)
-    finally:
-        _children._watcher = old
-        w.close()
-        old.sigchld_installed = w.sigchld_installed
