@@ -802,7 +802,10 @@ def wait(
                 nonlocal seen, found
                 if w.finished != seen:
                     seen = w.finished
-                    found = any(c._done() for c in kids)
+                    for c in kids:
+                        if c._status is not None or c._lost:
+                            found = True
+                            break
                 return found
         else:
             pending_kids = list(kids)
@@ -815,8 +818,11 @@ def wait(
                 return not pending_kids
 
         w.wait_until(pred, t)
-    done = {c for c in kids if c._done()}
-    return done, set(kids) - done
+    done: set[Child] = set()
+    pending: set[Child] = set()
+    for c in kids:
+        (done if c._status is not None or c._lost else pending).add(c)
+    return done, pending
 
 
 def reap() -> list[ExitStatus]:
