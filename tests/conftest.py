@@ -152,11 +152,25 @@ def run_program(name: str, *args: str, **kw: object) -> subprocess.Popen[str]:
     )
 
 
+def read_line(p: subprocess.Popen[str]) -> str:
+    """One line of p.stdout ('' at EOF), read a byte at a time and never past
+    it: a buffered read could swallow later output that communicate(), which
+    reads the descriptor directly, would then never see."""
+    assert p.stdout is not None
+    fd = p.stdout.fileno()
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        b = os.read(fd, 1)
+        if not b:
+            break
+        buf += b
+    return buf.decode()
+
+
 def wait_ready(p: subprocess.Popen[str], word: str = "READY") -> str:
     """Read lines from p.stdout until one starts with word; return that line."""
-    assert p.stdout is not None
     while True:
-        line = p.stdout.readline()
+        line = read_line(p)
         if not line:
             err = p.stderr.read() if p.stderr else ""
             raise AssertionError(f"program ended before {word}: {err}")

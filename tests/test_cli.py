@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import PROGRAMS, wait_ready
+from conftest import PROGRAMS, read_line, wait_ready
 from fastreap import _cli
 
 TARGET = str(PROGRAMS / "cli_target.py")
@@ -70,8 +70,7 @@ class Run:
         return wait_ready(self.p, word)  # type: ignore[arg-type]
 
     def line(self) -> str:
-        assert self.p.stdout is not None
-        return self.p.stdout.readline().strip()
+        return read_line(self.p).strip()  # type: ignore[arg-type]
 
     def send(self, sig: int) -> None:
         os.kill(self.fastreap_pid, sig)
