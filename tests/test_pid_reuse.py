@@ -16,8 +16,10 @@ import sys
 
 import pytest
 
+import fastreap
 from conftest import PROGRAMS
 from fastreap import _core
+from test_children import backend  # noqa: F401  (the pidfd / SIGCHLD watcher fixture)
 from test_cli import UNSHARE
 
 CASES = 12  # 3 target kinds x 2 reapers x 2 victims
@@ -55,3 +57,44 @@ def test_reused_pid_is_never_signalled(env: dict[str, str], path: str) -> None:
     total = dict(kv.split("=") for kv in re.findall(r"\w+=\w+", p.stdout.split("TOTAL", 1)[1]))
     assert total["reuses"] == str(CASES) and total["victim_signals"] == "0" and total["failures"] == "0"
     print(p.stdout.split("TOTAL", 1)[1].splitlines()[0])
+
+
+# -- the same guards, without a namespace (the reuse itself is simulated) ------
+
+
+def test_sigchld_path_never_signals_a_pid_that_changed_process(backend: str) -> None:
+    """On the SIGCHLD path a watched pid reaped behind fastreap's back may be
+    reused; the start time kept at watch() tells. Simulated here by changing
+    the kept start time: the live process must then be left alone."""
+    if backend != "sigchld":
+        pytest.skip("pidfds pin the process itself")
+    p = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        c = fastreap.watch(p)
+        assert c._start is not None and c._pidfd < 0
+        c._start += 1  # as if the pid now named a process started at another time
+        c.terminate()
+        c.kill()
+        assert c.lost and c.returncode is None
+        assert p.poll() is None  # never signalled
+        r = fastreap.graceful_stop([c], 0.1)
+        assert r.returncodes == {p.pid: None} and not r.killed
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_watching_a_lost_popen_again_gives_the_lost_child(backend: str) -> None:
+    """A Popen reaped behind fastreap's back never gets a returncode; its pid
+    may name anyone by now, so watch()/graceful_stop() must not take it."""
+    p = subprocess.Popen(["/bin/sleep", "30"])
+    c = fastreap.watch(p)
+    p.kill()
+    os.waitpid(p.pid, 0)  # the foreign reaper
+    with pytest.raises(fastreap.ChildLostError):
+        c.wait(30)
+    assert fastreap.watch(p) is c
+    r = fastreap.graceful_stop([p], 0.1)
+    assert r.returncodes == {p.pid: None} and not r.killed and not r.alive
+    p.wait()  # ECHILD: the stdlib's own silent 0, so its __del__ stays quiet

@@ -240,6 +240,14 @@ class _Watcher:
         if status is None:
             child._lost = True
             self.lost += 1
+            if child._target is not None:
+                # Its Popen/Process never learns a returncode: remember on it
+                # that it is lost, so watching it again cannot pick up
+                # whichever process has the pid by now (see _lost_child).
+                try:
+                    child._target._fastreap_child = child
+                except AttributeError:  # pragma: no cover - a subclass with __slots__
+                    pass
         else:
             child._status = status
             self.reaped += 1
@@ -321,9 +329,9 @@ class _Watcher:
         pids, _lost = _core.chld_drain()
         for pid in pids:
             if pid in self.sigchld_path:
-                c = self.children[pid]
-                if not self.try_reap(c) and not c._same_process():
-                    self._lose(c)  # it exited, was reaped elsewhere, and the pid is reused
+                ringed = self.children[pid]
+                if not self.try_reap(ringed) and not ringed._same_process():
+                    self._lose(ringed)  # it exited, was reaped elsewhere, and the pid is reused
         # SIGCHLD coalesces: ask the kernel whether a zombie is left over.
         while self.sigchld_path:
             z = _core.peek_any()
@@ -700,11 +708,6 @@ def watch(target: Target) -> Child:
         if existing is not None:
             return existing  # its pid may name another child of ours by now
         child = Child(pid, obj, w, foreign)
-        if obj is not None:
-            try:
-                obj._fastreap_child = child
-            except AttributeError:  # pragma: no cover - a subclass with __slots__
-                pass
         rc = _target_returncode(obj)
         if rc is not None:
             child._status = ExitStatus._from_returncode(pid, rc)

@@ -24,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 PID_MAX = 360  # pids then cycle through 300..359 (the kernel skips 1..299 on wrap)
 RECORDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
@@ -90,9 +89,9 @@ class Cycler:
         target - gap + 1 ... target (every pid in between is taken)."""
         for _ in range(20 * PID_MAX):
             lp = last_pid()
-            if lp < target - gap + 1 and all(os.path.exists(f"/proc/{p}") for p in range(lp + 1, target - gap + 1)):
-                if lp >= target - gap - 8:
-                    return
+            first = target - gap + 1  # where the next new process must land
+            if first - 8 <= lp < first and all(os.path.exists(f"/proc/{p}") for p in range(lp + 1, first)):
+                return
             self.one()
         raise AssertionError(f"could not bring the pid counter in front of {target}")
 
