@@ -62,11 +62,12 @@ def test_reused_pid_is_never_signalled(env: dict[str, str], path: str) -> None:
 # -- the same guards, without a namespace (the reuse itself is simulated) ------
 
 
-def test_sigchld_path_never_signals_a_pid_that_changed_process(backend: str) -> None:
+@pytest.mark.usefixtures("backend")
+def test_sigchld_path_never_signals_a_pid_that_changed_process() -> None:
     """On the SIGCHLD path a watched pid reaped behind fastreap's back may be
     reused; the start time kept at watch() tells. Simulated here by changing
     the kept start time: the live process must then be left alone."""
-    if backend != "sigchld":
+    if fastreap.counters()["backend"] != "sigchld":
         pytest.skip("pidfds pin the process itself")
     p = subprocess.Popen(["/bin/sleep", "30"])
     try:
@@ -85,7 +86,8 @@ def test_sigchld_path_never_signals_a_pid_that_changed_process(backend: str) -> 
         p.wait()
 
 
-def test_watching_a_lost_popen_again_gives_the_lost_child(backend: str) -> None:
+@pytest.mark.usefixtures("backend")
+def test_watching_a_lost_popen_again_gives_the_lost_child() -> None:
     """A Popen reaped behind fastreap's back never gets a returncode; its pid
     may name anyone by now, so watch()/graceful_stop() must not take it."""
     p = subprocess.Popen(["/bin/sleep", "30"])
