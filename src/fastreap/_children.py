@@ -240,6 +240,7 @@ class _Watcher:
             self.children[pid] = child
             return
         self._ensure_sigchld()
+        child._start = _start_time(pid)
         self.sigchld_path.add(pid)
         self.children[pid] = child
 
@@ -273,6 +274,14 @@ class _Watcher:
         if status is None:
             child._lost = True
             self.lost += 1
+            if child._target is not None:
+                # Its Popen/Process never learns a returncode: remember on it
+                # that it is lost, so watching it again cannot pick up
+                # whichever process has the pid by now (see _lost_child).
+                try:
+                    child._target._fastreap_child = child
+                except AttributeError:  # pragma: no cover - a subclass with __slots__
+                    pass
         else:
             child._status = status
             self.reaped += 1
@@ -305,13 +314,17 @@ class _Watcher:
         early = None
         if not exited or not (popen or t is None):
             try:
-                peeked = _core.peek(child.pid)
+                peeked = _peek(child)
             except ChildProcessError:
-                rc = _owner_returncode(t)
-                self.finish(child, None if rc is None else ExitStatus._from_returncode(child.pid, rc))
+                self._lose(child)
                 return True
             if peeked is None:
                 return False
+            if not child._same_process():
+                # The pid was reaped behind our back and now names another child
+                # of ours (SIGCHLD path, no pidfd): its status is not ours to take.
+                self._lose(child)
+                return True
             early = ExitStatus._from_siginfo(child.pid, *peeked)
             if not popen and t is not None and t._popen.returncode is None:
                 # multiprocessing's poll() has no lock: publish the code before
@@ -325,24 +338,42 @@ class _Watcher:
                 if t.returncode is not None:
                     self.finish(child, ExitStatus._from_returncode(child.pid, t.returncode))
                     return True
-                status = self._reap(child.pid, early)
+                status = self._reap(child, early)
                 if status is _RUNNING:
                     return False
                 if status is not None:
                     t.returncode = status.returncode
         else:
-            status = self._reap(child.pid, early)
+            status = self._reap(child, early)
             if status is _RUNNING:
                 return False
         self.finish(child, status)
         return True
 
-    def _reap(self, pid: int, early: ExitStatus | None) -> ExitStatus | None:
-        """wait4 it: its status; ``early`` (from a peek) if someone reaped it
-        since (no rusage then), None (lost) if it had no peek; _RUNNING if it
-        has not exited after all."""
+    def _lose(self, child: Child) -> None:
+        """Someone else reaped it: record what its owner found, or lost."""
+        rc = _owner_returncode(child._target)
+        self.finish(child, None if rc is None else ExitStatus._from_returncode(child.pid, rc))
+
+    def _reap(self, child: Child, early: ExitStatus | None) -> ExitStatus | None:
+        """Reap it (through its pidfd when it has one: that names the very
+        process, never a reused pid) with rusage: its status; ``early`` (from
+        a peek) if someone reaped it since (no rusage then), None (lost) if
+        it had no peek; _RUNNING if it has not exited after all."""
+        global _P_PIDFD
         try:
-            r = _core.reap_pid(pid)
+            if child._pidfd >= 0 and _P_PIDFD is not None:
+                try:
+                    r = _core.reap_pidfd(child._pidfd)
+                except ChildProcessError:
+                    raise
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    _P_PIDFD = None  # Linux 5.3: pidfds but no P_PIDFD
+                    r = _core.reap_pid(child.pid)
+            else:
+                r = _core.reap_pid(child.pid)
         except ChildProcessError:
             return early
         if r is None:  # cannot happen after a successful peek or pidfd event
@@ -357,7 +388,9 @@ class _Watcher:
             return
         for pid in pids:
             if pid in self.sigchld_path:
-                self.try_reap(self.children[pid])
+                ringed = self.children[pid]
+                if not self.try_reap(ringed) and not ringed._same_process():
+                    self._lose(ringed)  # it exited, was reaped elsewhere, and the pid is reused
         if not (pids or overflow) or not self.sigchld_path:
             return  # another signal's wake-up, or nothing left to lose
         # Each delivered SIGCHLD may have swallowed others: a loss check is
@@ -519,6 +552,42 @@ def _get_watcher() -> _Watcher:
     return _watcher
 
 
+_P_PIDFD: int | None = getattr(os, "P_PIDFD", 3 if _core.IS_LINUX else None)
+
+
+def _peek(child: Child) -> tuple[int, int] | None:
+    """Like _core.peek(child.pid), but through the child's pidfd when it has
+    one: that names the very process we watch, so a child reaped behind our
+    back gives ChildProcessError even once its pid names another child of ours."""
+    global _P_PIDFD
+    if child._pidfd >= 0 and _P_PIDFD is not None:
+        try:
+            r = os.waitid(_P_PIDFD, child._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            raise
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            _P_PIDFD = None  # Linux 5.3: pidfds but no P_PIDFD; the pid is all we have
+        else:
+            return None if r is None else (r.si_code, r.si_status)
+    return _core.peek(child.pid)
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of pid (clock ticks since boot, /proc/<pid>/stat field
+    22), None if it is gone or there is no /proc. Tells a reused pid apart on
+    the SIGCHLD path, where no pidfd pins the process."""
+    if not _core.IS_LINUX:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _owner_returncode(t: Any) -> int | None:
     """After ECHILD: the code the child's owner found if it reaped it itself
     (a concurrent Popen.wait() or Process.join()), else None (lost)."""
@@ -556,6 +625,7 @@ class Child:
         "_foreign",
         "_lost",
         "_pidfd",
+        "_start",
         "_status",
         "_target",
         "_watcher",
@@ -568,12 +638,19 @@ class Child:
         self._watcher = watcher
         self._foreign = foreign
         self._pidfd = -1
+        self._start: int | None = None  # start time, kept on the SIGCHLD path (Linux)
         self._status: ExitStatus | None = None
         self._lost = False
         self._callbacks: list[Callable[[Child], None]] = []
 
     def _done(self) -> bool:
         return self._status is not None or self._lost
+
+    def _same_process(self) -> bool:
+        """False if our pid now names another process (we were reaped behind
+        the watcher's back and the pid reused). Only checked on the SIGCHLD
+        path; a pidfd needs no check."""
+        return self._start is None or _start_time(self.pid) == self._start
 
     def _refresh(self) -> None:
         if not self._done() and not self._watcher.closed:
@@ -627,8 +704,12 @@ class Child:
             if self._pidfd >= 0:
                 _core.pidfd_send_signal(self._pidfd, sig)
             elif not self._foreign:
-                # Unreaped, so the pid cannot have been reused; the lock
-                # keeps our own reaper from reaping it under us.
+                # Unreaped by us, so the pid is reused only if someone else
+                # reaped it: the start time tells (left: the instant between
+                # this check and kill()). The lock keeps our own reaper off.
+                if not self._same_process():
+                    self._watcher._lose(self)
+                    return
                 os.kill(self.pid, sig)
             else:
                 self._target_signal(sig)
@@ -671,6 +752,15 @@ class Child:
             else ("running" if self._status is None else f"returncode={self._status.returncode}")
         )
         return f"<fastreap.Child pid={self.pid} {state}>"
+
+
+def _lost_child(obj: Any) -> Child | None:
+    """The Child of a Popen/Process that someone else reaped (its own
+    returncode never got set, and its pid may have been reused since)."""
+    c = getattr(obj, "_fastreap_child", None)
+    if isinstance(c, Child) and c._lost and c._watcher is _watcher:
+        return c
+    return None
 
 
 def _check_pid(pid: object, name: str = "target") -> int:
@@ -723,6 +813,9 @@ def watch(target: Target) -> Child:
         existing = w.children.get(pid)
         if existing is not None:
             return existing
+        existing = _lost_child(obj)
+        if existing is not None:
+            return existing  # its pid may name another child of ours by now
         child = Child(pid, obj, w, foreign)
         rc = _target_returncode(obj)
         if rc is not None:
@@ -753,7 +846,7 @@ def _validate(targets: Iterable[Target] | Target, name: str = "targets") -> list
                 raise ChildProcessError(f"{name}: {t!r} is a child of the parent process, not of this one")
             continue
         if isinstance(t, _Popen):
-            if t.returncode is None and t.pid not in w.children:
+            if t.returncode is None and t.pid not in w.children and _lost_child(t) is None:
                 _check_child(t.pid, name)
             continue
         if _is_mp_process(t):

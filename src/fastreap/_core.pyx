@@ -570,6 +570,25 @@ def reap_pid(int pid):
     return _exit_tuple(&e)
 
 
+def reap_pidfd(int pidfd):
+    """Reap the pidfd's process (waitid P_PIDFD, WNOHANG, with rusage): None
+    if it still runs, else (pid, status, utime, stime, maxrss).
+    ChildProcessError if someone else reaped it; OSError(EINVAL) on kernels
+    without P_PIDFD (< 5.4)."""
+    cdef fr_exit e
+    cdef int r
+    while True:
+        r = fr_reap_pidfd(pidfd, &e)
+        if r < 0 and errno == EINTR:
+            continue
+        break
+    if r < 0:
+        _raise_errno()
+    if r == 0:
+        return None
+    return _exit_tuple(&e)
+
+
 def reap_all():
     """Reap every exited child (waitpid(-1, WNOHANG) in a C loop, GIL released)."""
     cdef fr_exit buf[256]

@@ -15,6 +15,9 @@
 #ifndef __NR_pidfd_send_signal
 #define __NR_pidfd_send_signal 424
 #endif
+#ifndef FR_P_PIDFD
+#define FR_P_PIDFD 3 /* idtype_t P_PIDFD, Linux 5.4 */
+#endif
 #ifndef __NR_pidfd_open
 #define __NR_pidfd_open 434
 #endif

@@ -47,6 +47,10 @@ int fr_peek(int pid, int *code, int *status);
 int fr_peek_any(void);
 /* wait4(pid, WNOHANG): 1 reaped into *out, 0 not yet, -1 with errno. */
 int fr_reap_pid(int pid, fr_exit *out);
+/* waitid(P_PIDFD, WEXITED|WNOHANG) with rusage (Linux 5.4): reaps exactly
+ * the pidfd's process. 1 reaped, 0 not yet, -1 with errno (ECHILD: reaped
+ * by someone else; EINVAL: no P_PIDFD on this kernel). */
+int fr_reap_pidfd(int pidfd, fr_exit *out);
 /* waitpid(-1, WNOHANG) until nothing is left or max entries; count or -1. */
 int fr_reap_all(fr_exit *out, int max);
 

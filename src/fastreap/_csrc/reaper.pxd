@@ -26,6 +26,7 @@ cdef extern from "reaper.h" nogil:
     int fr_peek(int pid, int *code, int *status)
     int fr_peek_any()
     int fr_reap_pid(int pid, fr_exit *out)
+    int fr_reap_pidfd(int pidfd, fr_exit *out)
     int fr_reap_all(fr_exit *out, int max)
     int fr_wait_readable(int fd, int fd2, double timeout)
     int fr_set_subreaper(int on)
