@@ -230,8 +230,12 @@ class _Watcher:
         elif _core.IS_APPLE:
             _core.poller_del_pid(self.pfd, child.pid)
         if child._pidfd >= 0:
-            os.close(child._pidfd)
-            child._pidfd = -1
+            # Forget the number before closing it (here and in
+            # _close_deferred): os.close releases the GIL, and a fork landing
+            # in that window must not find a closed (or reused) number in
+            # our books, which close_in_child would then close in the child.
+            fd, child._pidfd = child._pidfd, -1
+            os.close(fd)
 
     def finish(self, child: Child, status: ExitStatus | None) -> None:
         """Record a child's end (lock held) and wake everyone waiting."""
@@ -369,13 +373,13 @@ class _Watcher:
             return True
 
     def _close_deferred(self) -> None:
-        for fd in self.deferred:
+        while self.deferred:
+            fd = self.deferred.pop()
             try:
                 _core.poller_del_fd(self.pfd, fd)
             except OSError:
                 pass
             os.close(fd)
-        self.deferred.clear()
 
     def poll_now(self) -> None:
         """Reap whatever is ready without blocking (for is_alive and asyncio).
@@ -394,16 +398,18 @@ class _Watcher:
         """After fork: drop the parent's pidfds and epoll (no registration is
         touched: closing our copies leaves the parent's intact)."""
         self.closed = True
-        for c in self.children.values():
-            if c._pidfd >= 0:
-                os.close(c._pidfd)
-                c._pidfd = -1
-        for fd in self.deferred:
-            os.close(fd)
+        fds = [self.pfd, *self.deferred]
+        self.pfd = -1
         self.deferred.clear()
-        if self.pfd >= 0:
-            os.close(self.pfd)
-            self.pfd = -1
+        for c in list(self.children.values()):
+            fds.append(c._pidfd)
+            c._pidfd = -1
+        for fd in dict.fromkeys(fds):  # a fork inside _forget may list one twice
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # never abort the fork hook: the child needs its new watcher
 
 
 def _pidfd_budget() -> tuple[int, int]:
@@ -1091,10 +1097,10 @@ def counters() -> dict[str, Any]:
 def _after_fork_in_child() -> None:
     global _watcher
     old = _watcher
-    old.close_in_child()
     new = _Watcher()
     new.sigchld_installed = old.sigchld_installed
-    _watcher = new
+    _watcher = new  # first: whatever happens below, the child has a working watcher
+    old.close_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
