@@ -264,8 +264,12 @@ class _Watcher:
         elif _core.IS_APPLE:
             _core.poller_del_pid(self.pfd, child.pid)
         if child._pidfd >= 0:
-            os.close(child._pidfd)
-            child._pidfd = -1
+            # Forget the number before closing it (here and in
+            # _close_deferred): os.close releases the GIL, and a fork landing
+            # in that window must not find a closed (or reused) number in
+            # our books, which close() would then close in the child.
+            fd, child._pidfd = child._pidfd, -1
+            os.close(fd)
 
     def finish(self, child: Child, status: ExitStatus | None) -> None:
         """Record a child's end (lock held) and wake everyone waiting."""
@@ -491,13 +495,8 @@ class _Watcher:
             return True
 
     def _close_deferred(self) -> None:
-        for fd in self.deferred:
-            try:
-                _core.poller_del_fd(self.pfd, fd)
-            except OSError:
-                pass
-            os.close(fd)
-        self.deferred.clear()
+        while self.deferred:
+            _core.poller_close_fd(self.pfd, self.deferred.pop())
 
     def poll_now(self) -> None:
         """Reap whatever is ready without blocking (for is_alive and asyncio).
@@ -518,19 +517,20 @@ class _Watcher:
         parent's registrations intact. Also used to retire a watcher that a
         test or benchmark swapped in (with its children all finished)."""
         self.closed = True
-        for c in self.children.values():
-            if c._pidfd >= 0:
-                os.close(c._pidfd)
-                c._pidfd = -1
-        for fd in self.deferred:
-            os.close(fd)
+        fds = [self.pfd, *self.deferred]
+        self.pfd = -1
         self.deferred.clear()
-        if self.tfd >= 0:
-            os.close(self.tfd)
-            self.tfd = -1
-        if self.pfd >= 0:
-            os.close(self.pfd)
-            self.pfd = -1
+        fds.append(self.tfd)
+        self.tfd = -1
+        for c in list(self.children.values()):
+            fds.append(c._pidfd)
+            c._pidfd = -1
+        for fd in dict.fromkeys(fds):  # a fork inside _forget may list one twice
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # never abort the fork hook: the child needs its new watcher
 
 
 def _pidfd_budget() -> tuple[int, int]:
@@ -1293,10 +1293,10 @@ def counters() -> dict[str, Any]:
 def _after_fork_in_child() -> None:
     global _watcher
     old = _watcher
-    old.close()
     new = _Watcher()
     new.sigchld_installed = old.sigchld_installed
-    _watcher = new
+    _watcher = new  # first: whatever happens below, the child has a working watcher
+    old.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -261,14 +261,18 @@ cdef class StopFlag:
     @property
     def signal(self):
         """The signal number that last set the flag, or None."""
+        if not fr_flag_is_set(self.fp):  # first: signo means something only while set
+            return None
         cdef int s = fr_flag_signo(self.fp)
-        return s if s > 0 and fr_flag_is_set(self.fp) else None
+        return s if s > 0 else None
 
     @property
     def sender_pid(self):
         """The pid that sent that signal (si_pid), or None."""
+        if not fr_flag_is_set(self.fp):
+            return None
         cdef int s = fr_flag_sender(self.fp)
-        return s if s > 0 and fr_flag_is_set(self.fp) else None
+        return s if s > 0 else None
 
     @property
     def shared(self):

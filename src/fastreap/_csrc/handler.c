@@ -122,12 +122,13 @@ int fr_flag_set(fr_flag *f, int signo, int sender) {
 
 /* Not called from the handler. If a setter races with us after the drain,
  * the flag is set again and we re-arm the descriptor so "readable while set"
- * stays true. */
+ * stays true. `signo` and `sender` are left alone: they mean something only
+ * while `state` is set (readers check it first), and zeroing them here would
+ * wipe those of a setter that ran on another thread between the exchange and
+ * the stores, leaving a set flag with no signal. */
 int fr_flag_clear(fr_flag *f) {
     fr_flagmem *m = f->mem;
     if (__atomic_exchange_n(&m->state, 0, __ATOMIC_SEQ_CST) != 0) {
-        STORE_RELAXED(&m->signo, 0);
-        STORE_RELAXED(&m->sender, 0);
         int rfd = LOAD(&f->rfd);
         if (rfd >= 0) {
             fr_wakefd_drain(rfd);

@@ -16,8 +16,8 @@
  * `state` is the flag itself; C code polls it with an atomic load. */
 typedef struct fr_flagmem {
     uint32_t state; /* 0 clear, 1 set (accessed with __atomic builtins) */
-    int32_t signo;  /* last signal that set it, 0 when set by hand */
-    int32_t sender; /* pid that sent that signal (si_pid), 0 if unknown */
+    int32_t signo;  /* last signal that set it, 0 when set by hand; only while set */
+    int32_t sender; /* pid that sent that signal (si_pid), 0 if unknown; only while set */
     uint32_t reserved;
 } fr_flagmem;
 
