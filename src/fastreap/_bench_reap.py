@@ -70,78 +70,53 @@ def _measure(
 
 
 def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
+    """Exit-to-notice for each method, interleaved (one child of each in
+    turn, n rounds) so that drift in the machine's state hits them alike."""
     import fastreap
 
     group = f"exit-to-notice latency, {live} live"
     goal = "<= 1.2x pidfd+poll"
+    base = "os.pidfd_open+select.poll"
     others = [_spawn() for _ in range(live - 1)]
     other_kids = [fastreap.watch(p) for p in others]
-    results = []
+    have_pidfd = hasattr(os, "pidfd_open")
+    other_fds = [os.pidfd_open(p) for p in others] if have_pidfd else []
     try:
-        other_fds = [os.pidfd_open(p) for p in others] if hasattr(os, "pidfd_open") else []
 
-        if hasattr(os, "pidfd_open"):
-
-            def pidfd_block(pid: object) -> None:
-                fd = os.pidfd_open(pid)  # type: ignore[arg-type]
-                p = select.poll()
-                p.register(fd, select.POLLIN)
-                for o in other_fds:
-                    p.register(o, select.POLLIN)
-                p.poll()
-                os.waitpid(pid, 0)  # type: ignore[arg-type]
-                os.close(fd)
-
-            # pidfd_open is done before the kill in the real pattern; do it here too
-            def pidfd_start() -> int:
-                return _spawn()
-
-            base = Result(
-                group,
-                "os.pidfd_open+select.poll",
-                "us",
-                _measure(killer, pidfd_start, pidfd_block, n),
-                note="baseline",
-            )
-            results.append(base)
+        def pidfd_block(pid: object) -> None:
+            # pidfd_open comes before the kill here too (the killer waits 2 ms)
+            fd = os.pidfd_open(pid)  # type: ignore[arg-type]
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            for o in other_fds:
+                p.register(o, select.POLLIN)
+            p.poll()
+            os.waitpid(pid, 0)  # type: ignore[arg-type]
+            os.close(fd)
 
         def fr_start() -> object:
             return fastreap.watch(_spawn())
 
-        results.append(
-            Result(
-                group,
-                "fastreap Child.wait()",
-                "us",
-                _measure(killer, fr_start, lambda c: c.wait(), n),  # type: ignore[attr-defined]
-                baseline="os.pidfd_open+select.poll",
-                goal=goal,
-            )
-        )
-
         def fr_wait(c: object) -> None:
             fastreap.wait([c, *other_kids], None, fastreap.FIRST_EXITED)
 
-        results.append(
-            Result(
-                group,
-                "fastreap.wait(FIRST_EXITED)",
-                "us",
-                _measure(killer, fr_start, fr_wait, n),
-                baseline="os.pidfd_open+select.poll",
-                goal=goal,
-            )
-        )
-
-        results.append(
-            Result(
-                group,
-                "Popen.wait(timeout)",
-                "us",
-                _measure(killer, lambda: subprocess.Popen(_SLEEP), lambda p: p.wait(600), n),  # type: ignore[attr-defined]
-                baseline="os.pidfd_open+select.poll",
-            )
-        )
+        methods: list[tuple[Result, Callable[[], object], Callable[[object], None]]] = []
+        if have_pidfd:
+            methods.append((Result(group, base, "us", note="baseline"), _spawn, pidfd_block))
+        bl = base if have_pidfd else None
+        methods += [
+            (
+                Result(group, "fastreap Child.wait()", "us", baseline=bl, goal=goal),
+                fr_start,
+                lambda c: c.wait(),  # type: ignore[attr-defined]
+            ),
+            (Result(group, "fastreap.wait(FIRST_EXITED)", "us", baseline=bl, goal=goal), fr_start, fr_wait),
+            (
+                Result(group, "Popen.wait(timeout)", "us", baseline=bl),
+                lambda: subprocess.Popen(_SLEEP),
+                lambda p: p.wait(600),  # type: ignore[attr-defined]
+            ),
+        ]
         try:
             import psutil
         except ImportError:
@@ -151,26 +126,24 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
             def ps_block(pid: object) -> None:
                 psutil.wait_procs([psutil.Process(pid)], timeout=600)
 
-            results.append(
-                Result(
-                    group,
-                    "psutil.wait_procs",
-                    "us",
-                    _measure(killer, _spawn, ps_block, n),
-                    baseline="os.pidfd_open+select.poll",
-                )
-            )
+            methods.append((Result(group, "psutil.wait_procs", "us", baseline=bl), _spawn, ps_block))
+        for _ in range(n):
+            for row, start, block in methods:
+                row.samples += _measure(killer, start, block, 1)
+        return [row for row, _s, _b in methods]
+    finally:
         for fd in other_fds:
             os.close(fd)
-    finally:
         fastreap.kill(other_kids)
-    return results
 
 
-def _per_exit(live: int, n: int, killer: _Killer, nofile: int | None = None) -> Result:
+def _per_exit(
+    live: int, n: int, killer: _Killer, nofile: int | None = None, sigchld_only: bool = False
+) -> Result:
     """Notice of one exit with ``live`` watched children alive. With ``nofile``
     the soft RLIMIT_NOFILE is lowered to it and a fresh watcher sizes its
-    pidfd budget from it (a quarter), so the rest take the SIGCHLD path."""
+    pidfd budget from it (a quarter), so the rest take the SIGCHLD path; with
+    ``sigchld_only`` a fresh watcher puts every child on the SIGCHLD path."""
     import resource
 
     import fastreap
@@ -179,9 +152,11 @@ def _per_exit(live: int, n: int, killer: _Killer, nofile: int | None = None) -> 
     old_lim = resource.getrlimit(resource.RLIMIT_NOFILE)
     old_w = _children._watcher
     w = None
-    if nofile is not None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, old_lim[1]))
+    if nofile is not None or sigchld_only:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, old_lim[1]))
         w = _children._Watcher()
+        w.use_pidfd = w.use_pidfd and not sigchld_only
         w.sigchld_installed = old_w.sigchld_installed
         _children._watcher = w
     kids: list[fastreap.Child] = []
@@ -198,9 +173,10 @@ def _per_exit(live: int, n: int, killer: _Killer, nofile: int | None = None) -> 
             w.close()
             resource.setrlimit(resource.RLIMIT_NOFILE, old_lim)
     lim = f"RLIMIT_NOFILE {nofile:,}: " if nofile is not None else ""
+    name = f"{live:,} live" + (f", nofile {nofile:,}" if nofile is not None else "")
     return Result(
-        "per-exit cost (kill -> Child.wait returns)",
-        f"{live:,} live" + (f", nofile {nofile:,}" if nofile is not None else ""),
+        "per-exit cost, SIGCHLD path only" if sigchld_only else "per-exit cost (kill -> Child.wait returns)",
+        name,
         "us",
         samples,
         baseline="100 live",
@@ -226,6 +202,9 @@ def run(quick: bool, progress: Progress) -> list[Result]:
             out.append(_per_exit(live, n, killer))
         progress("per-exit cost with 10000 live children under RLIMIT_NOFILE 1024")
         out.append(_per_exit(10000, n, killer, nofile=1024))
+        for live in (100, 10000):
+            progress(f"per-exit cost, SIGCHLD path only, {live} live children")
+            out.append(_per_exit(live, n, killer, sigchld_only=True))
     finally:
         killer.close()
     return out
