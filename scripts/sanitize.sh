@@ -95,6 +95,18 @@ EOF
     echo "sanitize: the wrapped interpreter does not start" >&2
     exit 2
 }
+# And that a report is caught: a child interpreter frees a block twice
+# (through ctypes, so libasan's free interceptor sees it).
+probe="$work/probe-logs"
+mkdir -p "$probe"
+if ASAN_OPTIONS="${ASAN_OPTIONS/log_path=$logs/log_path=$probe}" "$vpy" -c '
+import ctypes, subprocess, sys
+subprocess.run([sys.executable, "-c", "import ctypes; c = ctypes.CDLL(None); c.malloc.restype = ctypes.c_void_p; p = c.malloc(8); c.free(ctypes.c_void_p(p)); c.free(ctypes.c_void_p(p))"])
+' 2>/dev/null; ! grep -q "double-free" "$probe"/asan.* 2>/dev/null; then
+    echo "sanitize: the self-check double free was not reported; reports would be missed" >&2
+    exit 2
+fi
+echo "sanitize: self-check: a double free in a child interpreter is reported"
 echo "sanitize: running pytest $* (interpreters preload $preload)"
 start=$(date +%s)
 # From tests/, so `import fastreap` is the instrumented install, not src/.
