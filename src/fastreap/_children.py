@@ -638,6 +638,10 @@ class Child:
     )
 
     def __init__(self, pid: int, target: Any, watcher: _Watcher, foreign: bool = False) -> None:
+        if not isinstance(watcher, _Watcher):
+            # A hand-made Child could name any pid (pid 1, the parent): only
+            # watch(), which checks that pid is our child, makes them.
+            raise TypeError("Child objects are made by fastreap.watch(target), not directly")
         self.pid = pid
         self._target = target
         self._watcher = watcher
@@ -737,6 +741,8 @@ class Child:
     def add_done_callback(self, fn: Callable[[Child], None]) -> None:
         """Call fn(child) once it is reaped (at once if it already is), in the
         thread that reaps it."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         with self._watcher.lock:
             if not self._done():
                 self._callbacks.append(fn)
@@ -804,11 +810,8 @@ def watch(target: Target) -> Child:
     if isinstance(target, _Popen):
         pid, obj = target.pid, target
     elif _is_mp_process(target):
-        popen = getattr(target, "_popen", None)
-        if popen is None:
-            raise ValueError(f"target: {target!r} is not started")
-        if target._parent_pid != os.getpid():
-            raise ChildProcessError(f"target: {target!r} was started by another process")
+        _check_mp_process(target, "target")
+        popen = target._popen
         pid, obj = target.pid, target
         foreign = _is_forkserver_popen(popen)  # a child of the fork server, not ours
     else:
@@ -855,15 +858,21 @@ def _validate(targets: Iterable[Target] | Target, name: str = "targets") -> list
                 _check_child(t.pid, name)
             continue
         if _is_mp_process(t):
-            if getattr(t, "_popen", None) is None:
-                raise ValueError(f"{name}: {t!r} is not started")
-            if t._parent_pid != os.getpid():
-                raise ChildProcessError(f"{name}: {t!r} was started by another process")
+            _check_mp_process(t, name)
             continue
         pid = _check_pid(t, name)
         if pid not in w.children:
             _check_child(pid, name)
     return items
+
+
+def _check_mp_process(t: Any, name: str) -> None:
+    if getattr(t, "_closed", False):
+        raise ValueError(f"{name}: {t!r} is closed")
+    if getattr(t, "_popen", None) is None:
+        raise ValueError(f"{name}: {t!r} is not started")
+    if t._parent_pid != os.getpid():
+        raise ChildProcessError(f"{name}: {t!r} was started by another process")
 
 
 def _check_child(pid: int, name: str) -> None:
@@ -951,7 +960,9 @@ def reap() -> list[ExitStatus]:
 def set_subreaper(on: bool = True) -> None:
     """Become (or stop being) the reaper of orphaned descendants
     (Linux ``PR_SET_CHILD_SUBREAPER``); NotImplementedError elsewhere."""
-    _core.set_subreaper(bool(on))
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, not {type(on).__name__}")
+    _core.set_subreaper(on)
 
 
 @dataclass

@@ -17,7 +17,7 @@ CLD_KILLED_: Final[int]
 CLD_DUMPED_: Final[int]
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> float:
-    """Validate a timeout in seconds; return it, or -1.0 for None (forever)."""
+    """Validate a timeout in seconds; return it, or -1.0 for None or infinity (no limit)."""
 
 # ---------------------------------------------------------------- stop flags
 

@@ -12,7 +12,7 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport ECHILD, EINTR, ENOSPC, ENOSYS, errno
 from libc.stdint cimport int64_t, uintptr_t
-from libc.math cimport isnan
+from libc.math cimport isinf, isnan
 
 from fastreap._csrc.handler cimport *
 from fastreap._csrc.reaper cimport *
@@ -62,21 +62,28 @@ cdef inline int _raise_errno() except -1:
 
 
 cpdef double check_timeout(object timeout, str name="timeout") except -2.0:
-    """Validate a timeout in seconds; return it, or -1.0 for None (forever)."""
+    """Validate a timeout in seconds; return it, or -1.0 for None or infinity
+    (no limit; so is an int too large for a float)."""
     cdef double t
     if timeout is None:
         return -1.0
     if isinstance(timeout, (bool, str, bytes, bytearray)) or not hasattr(timeout, "__float__"):
         # float() would parse "1" and turn True into 1 second: not a timeout.
         raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
-    if not isinstance(timeout, (int, float)):
-        t = float(timeout)  # Decimal, Fraction, numpy scalars
-    else:
-        t = timeout
+    try:
+        t = float(timeout)  # also Decimal, Fraction, numpy scalars
+    except OverflowError:
+        t = float("inf") if timeout > 0 else float("-inf")
+    except TypeError as e:  # a broken __float__
+        raise TypeError(f"{name} must be a number of seconds or None, not {timeout!r} ({e})") from None
+    except ValueError as e:  # Decimal("sNaN")
+        raise ValueError(f"{name} must be a number of seconds or None, not {timeout!r} ({e})") from None
     if isnan(t):
         raise ValueError(f"{name} must not be NaN")
     if t < 0:
         raise ValueError(f"{name} must be >= 0, got {timeout!r}")
+    if isinf(t):
+        return -1.0
     return t
 
 
@@ -103,7 +110,9 @@ cdef class StopFlag:
     cdef int _memfd
     cdef object __weakref__
 
-    def __cinit__(self, *, bint shared=False, _internal=None):
+    def __cinit__(self, *, shared=False, _internal=None):
+        if not isinstance(shared, bool):
+            raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
         self._own.rfd = -1
         self._own.wfd = -1
         self._memfd = -1

@@ -90,6 +90,11 @@ def check_signal(sig: object, name: str = "signal", *, allow_zero: bool = False)
     return s
 
 
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+
+
 def _check_handled(signals: object) -> tuple[int, ...]:
     if isinstance(signals, int):
         signals = (signals,)
@@ -124,6 +129,7 @@ def handle_signals(
     ``exit=True`` the main thread also gets ``Stopped`` at its next bytecode.
     Idempotent; ``restore_signals`` undoes it."""
     sigs = _check_handled(signals)
+    _check_bool(exit, "exit")
     if flag is None:
         flag = _core.default_flag
     elif not isinstance(flag, StopFlag):
@@ -217,6 +223,7 @@ def graceful(signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = Fal
     """Handle ``signals`` inside the block (yielding the default flag) and
     restore, on the way out, those that were not handled before it."""
     sigs = _check_handled(signals)
+    _check_bool(exit, "exit")
     with _lock:
         before = set(_installed)
     flag = handle_signals(sigs, exit=exit)

@@ -114,7 +114,8 @@ class Process(multiprocessing.Process):
         SIGKILL it if still running, reap it and return its exit code
         (143 after Stopped, -9 if killed)."""
         t = _core.check_timeout(timeout)
-        self._check_closed()  # type: ignore[attr-defined]
+        if self._closed:  # type: ignore[attr-defined]
+            raise ValueError(f"stop: {self!r} is closed")
         if self._popen is None:  # type: ignore[attr-defined]
             raise ValueError(f"stop: {self!r} is not started")
         child = watch(self)  # ChildProcessError if started by another process

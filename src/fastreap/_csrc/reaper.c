@@ -170,6 +170,7 @@ int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max) {
     struct timespec ts, *tsp = NULL;
     if (max > 64) max = 64;
     if (timeout >= 0) {
+        if (timeout > 1e9) timeout = 1e9; /* (time_t)1e300 is undefined; callers loop */
         ts.tv_sec = (time_t)timeout;
         ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
         tsp = &ts;
