@@ -431,3 +431,21 @@ def test_coalesced_sigchld_found_in_asyncio() -> None:
 
         assert asyncio.run(main()) == [-signal.SIGKILL] * 5
         fastreap.kill(live)
+
+
+def test_raising_done_callback_is_logged_and_others_still_run(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = fastreap.watch(sleeper())
+    seen: list[int] = []
+
+    def bad(_c: fastreap.Child) -> None:
+        raise RuntimeError("callback bug")
+
+    c.add_done_callback(bad)
+    c.add_done_callback(lambda ch: seen.append(ch.pid))
+    c.kill()
+    with caplog.at_level("ERROR", logger="fastreap"):
+        assert c.wait(30) == -signal.SIGKILL  # the waiter is not hit by the callback's error
+    assert seen == [c.pid]
+    assert any("callback bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)

@@ -41,6 +41,7 @@ while it blocks), so their own ``wait()``/``poll()``/``exitcode`` stay true.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import resource
 import signal as _signal
@@ -70,6 +71,8 @@ __all__ = [
     "wait",
     "watch",
 ]
+
+_log = logging.getLogger("fastreap")
 
 FIRST_EXITED = "FIRST_EXITED"
 ALL_EXITED = "ALL_EXITED"
@@ -294,7 +297,12 @@ class _Watcher:
         if child._callbacks:
             callbacks, child._callbacks = child._callbacks, []
             for cb in callbacks:
-                cb(child)
+                try:
+                    cb(child)
+                except Exception:
+                    # Like concurrent.futures: one failing callback must not
+                    # stop the others, nor surface in an unrelated waiter.
+                    _log.exception("fastreap: done callback %r for %r raised", cb, child)
 
     # -- reaping (lock held) -----------------------------------------------
 
@@ -740,7 +748,10 @@ class Child:
 
     def add_done_callback(self, fn: Callable[[Child], None]) -> None:
         """Call fn(child) once it is reaped (at once if it already is), in the
-        thread that reaps it."""
+        thread that reaps it, with fastreap's watcher lock held: keep it short
+        and hand work off (``loop.call_soon_threadsafe``, ``queue.put``,
+        ``Event.set``) rather than calling fastreap from it. An exception it
+        raises is logged (logger ``fastreap``) and does not stop the others."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         with self._watcher.lock:
