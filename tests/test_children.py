@@ -449,3 +449,39 @@ def test_raising_done_callback_is_logged_and_others_still_run(
         assert c.wait(30) == -signal.SIGKILL  # the waiter is not hit by the callback's error
     assert seen == [c.pid]
     assert any("callback bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+def test_wait_timeout_zero_runs_an_owed_loss_check() -> None:
+    with swapped_watcher(use_pidfd=False) as w:
+        dead, live = _coalesced_exits(100, 10)
+        done, pending = fastreap.wait(dead, 0, fastreap.ALL_EXITED)
+        assert done == set(dead) and not pending and not w.check_owed
+        fastreap.kill(live)
+
+
+def test_unreadable_proc_is_not_taken_for_a_reused_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    # EMFILE/ENOMEM reading /proc proves nothing: the child must still be
+    # signalled and reaped, not declared lost.
+    with swapped_watcher(use_pidfd=False):
+        c = fastreap.watch(sleeper())
+        monkeypatch.setattr(_children, "_start_time", lambda pid: _children._UNKNOWN)
+        c.terminate()
+        assert c.wait(30) == -signal.SIGTERM and not c.lost
+
+
+def test_ctrl_c_while_retaking_the_watcher_lock_leaves_it_consistent() -> None:
+    # A signal handler raising while the lock is awaited: the lock is taken
+    # anyway and the exception handed back (run in a child interpreter).
+    code = """
+import signal, threading, time
+from fastreap._children import _acquire_uninterruptibly
+lock = threading.Lock(); lock.acquire()
+def h(*a): raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, h)
+threading.Timer(0.3, lock.release).start()
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+exc = _acquire_uninterruptibly(lock)
+print(type(exc).__name__, lock.locked())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["KeyboardInterrupt", "True"], out.stderr

@@ -243,7 +243,8 @@ class _Watcher:
             self.children[pid] = child
             return
         self._ensure_sigchld()
-        child._start = _start_time(pid)
+        start = _start_time(pid)
+        child._start = None if start == _UNKNOWN else start
         self.sigchld_path.add(pid)
         self.children[pid] = child
 
@@ -324,7 +325,10 @@ class _Watcher:
             self.finish(child, ExitStatus._from_returncode(child.pid, t.returncode))
             return True
         early = None
-        if not exited or not (popen or t is None):
+        # Skip the peek only when waiting on the Popen lock cannot stall: a
+        # stale event (a reused pid's token) must not block on a running
+        # Popen whose own wait() holds its lock.
+        if not exited or not (t is None or (popen and not t._waitpid_lock.locked())):
             try:
                 peeked = _peek(child)
             except ChildProcessError:
@@ -398,6 +402,17 @@ class _Watcher:
         pids, overflow = _core.chld_drain()
         if not self.sigchld_path:
             return
+        if pids or overflow:
+            # Each delivered SIGCHLD may have swallowed others: a loss check
+            # is owed. Owe it before the work below, so that an exception
+            # there (Ctrl-C, a callback) cannot drop it.
+            now = time.monotonic()
+            self.last_chld = now
+            self.exits_since_check += len(pids)
+            if not self.check_owed and self.tfd >= 0:
+                self.check_owed = True
+                self.owed_since = now
+                _core.timer_arm(self.tfd, _CHECK_QUIET)
         for pid in pids:
             if pid in self.sigchld_path:
                 ringed = self.children[pid]
@@ -405,18 +420,10 @@ class _Watcher:
                     self._lose(ringed)  # it exited, was reaped elsewhere, and the pid is reused
         if not (pids or overflow) or not self.sigchld_path:
             return  # another signal's wake-up, or nothing left to lose
-        # Each delivered SIGCHLD may have swallowed others: a loss check is
-        # owed. Run it now when enough exits have paid for it, else let the
-        # timer run it once SIGCHLDs are quiet (module docstring).
-        now = time.monotonic()
-        self.last_chld = now
-        self.exits_since_check += len(pids)
+        # Run the check now when enough exits have paid for it, else the
+        # timer runs it once SIGCHLDs are quiet (module docstring).
         if overflow or self.tfd < 0 or self.exits_since_check >= len(self.children) >> 5:
             self.loss_check()
-        elif not self.check_owed:
-            self.check_owed = True
-            self.owed_since = now
-            _core.timer_arm(self.tfd, _CHECK_QUIET)
 
     def on_check_timer(self) -> None:
         _core.timer_drain(self.tfd)
@@ -431,11 +438,8 @@ class _Watcher:
         self.loss_check()
 
     def loss_check(self) -> None:
-        """Reap watched zombies whose SIGCHLD was coalesced away."""
-        if self.check_owed:
-            self.check_owed = False
-            _core.timer_arm(self.tfd, 0.0)
-        self.exits_since_check = 0
+        """Reap watched zombies whose SIGCHLD was coalesced away. The debt is
+        cleared only once the work is done (an exception leaves it owed)."""
         self.loss_checks += 1
         t0 = time.monotonic()
         while self.sigchld_path:
@@ -450,6 +454,10 @@ class _Watcher:
                     self.try_reap(self.children[pid])
                 break
         self.check_cost = time.monotonic() - t0
+        self.exits_since_check = 0
+        if self.check_owed:
+            self.check_owed = False
+            _core.timer_arm(self.tfd, 0.0)
 
     def process(self, tokens: list[int]) -> None:
         for tok in tokens:
@@ -472,8 +480,11 @@ class _Watcher:
         with self.cond:
             self._check_open()
             if not pred() and self.pfd >= 0 and not self.leading:
-                # Collect exits that already happened (timeout 0 must see them).
+                # Collect exits that already happened (timeout 0 must see them,
+                # also those whose SIGCHLD was coalesced: run an owed check).
                 self.process(_core.poller_wait(self.pfd, 0.0))
+                if self.check_owed and not pred():
+                    self.loss_check()
             while not pred():
                 remaining = -1.0
                 if deadline is not None:
@@ -493,12 +504,16 @@ class _Watcher:
                 try:
                     tokens = _core.poller_wait(self._poller(), remaining)
                 finally:
-                    self.lock.acquire()
+                    # Ctrl-C may interrupt acquire() itself: we must hold the
+                    # lock again (and stop leading) before anything propagates.
+                    pending = _acquire_uninterruptibly(self.lock)
                     self.leading = False
                     if self.deferred:
                         self._close_deferred()
                     if self.followers:
                         self.cond.notify_all()
+                    if pending is not None:
+                        raise pending
                 self.process(tokens)
             return True
 
@@ -582,23 +597,41 @@ def _peek(child: Child) -> tuple[int, int] | None:
     return _core.peek(child.pid)
 
 
+_UNKNOWN = -1  # _start_time could not read it (EMFILE, ENOMEM...): proves nothing
+
+
 def _start_time(pid: int) -> int | None:
     """The start time of pid (clock ticks since boot, /proc/<pid>/stat field
-    22), None if it is gone or there is no /proc. Tells a reused pid apart on
-    the SIGCHLD path, where no pidfd pins the process."""
+    22), None if it is gone or there is no /proc, _UNKNOWN if /proc could not
+    be read. Tells a reused pid apart on the SIGCHLD path, where no pidfd
+    pins the process."""
     if not _core.IS_LINUX:
         return None
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
+    except OSError as e:
+        return None if e.errno in (errno.ENOENT, errno.ESRCH) else _UNKNOWN
     try:
         data = os.read(fd, 4096)
         return int(data[data.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    except OSError as e:
+        return None if e.errno in (errno.ENOENT, errno.ESRCH) else _UNKNOWN
+    except (ValueError, IndexError):
+        return _UNKNOWN
     finally:
         os.close(fd)
+
+
+def _acquire_uninterruptibly(lock: Any) -> BaseException | None:
+    """Take lock even if a signal handler raises (Ctrl-C) while we wait for
+    it; return that exception for the caller to raise once consistent."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return pending
+        except BaseException as e:
+            pending = e
 
 
 def _owner_returncode(t: Any) -> int | None:
@@ -667,7 +700,10 @@ class Child:
         """False if our pid now names another process (we were reaped behind
         the watcher's back and the pid reused). Only checked on the SIGCHLD
         path; a pidfd needs no check."""
-        return self._start is None or _start_time(self.pid) == self._start
+        if self._start is None:
+            return True
+        now = _start_time(self.pid)
+        return now == self._start or now == _UNKNOWN  # only a proven mismatch says no
 
     def _refresh(self) -> None:
         if not self._done() and not self._watcher.closed:
