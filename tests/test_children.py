@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import multiprocessing
 import os
@@ -26,24 +25,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test on the pidfd+epoll watcher and on the SIGCHLD-ring watcher."""
     if request.param == "pidfd" and not _children._Watcher().use_pidfd:
         pytest.skip("no pidfd on this kernel")
-    with swapped_watcher(use_pidfd=request.param == "pidfd"):
+    with _children._swapped_watcher(use_pidfd=request.param == "pidfd"):
         yield request.param
-
-
-@contextlib.contextmanager
-def swapped_watcher(use_pidfd: bool) -> Iterator[_children._Watcher]:
-    """A fresh process-wide watcher for the duration (closed afterwards)."""
-    old = _children._watcher
-    new = _children._Watcher()
-    new.use_pidfd = use_pidfd
-    new.sigchld_installed = old.sigchld_installed
-    _children._watcher = new
-    try:
-        yield new
-    finally:
-        _children._watcher = old
-        new.close()
-        old.sigchld_installed = new.sigchld_installed
 
 
 def sh(code: str) -> subprocess.Popen[bytes]:
@@ -405,7 +388,7 @@ def _coalesced_exits(n_live: int, n_dead: int) -> tuple[list[fastreap.Child], li
 
 
 def test_coalesced_sigchld_found_by_timed_loss_check() -> None:
-    with swapped_watcher(use_pidfd=False) as w:
+    with _children._swapped_watcher(use_pidfd=False) as w:
         # 100 live: the check is owed after one SIGCHLD but not due by count
         # (100 >> 5 = 3 exits), so the timer in the epoll set must run it.
         dead, live = _coalesced_exits(100, 10)
@@ -423,7 +406,7 @@ def test_coalesced_sigchld_found_in_asyncio() -> None:
 
     from fastreap import aio
 
-    with swapped_watcher(use_pidfd=False):
+    with _children._swapped_watcher(use_pidfd=False):
         dead, live = _coalesced_exits(100, 5)
 
         async def main() -> list[int]:
@@ -452,7 +435,7 @@ def test_raising_done_callback_is_logged_and_others_still_run(
 
 
 def test_wait_timeout_zero_runs_an_owed_loss_check() -> None:
-    with swapped_watcher(use_pidfd=False) as w:
+    with _children._swapped_watcher(use_pidfd=False) as w:
         dead, live = _coalesced_exits(100, 10)
         done, pending = fastreap.wait(dead, 0, fastreap.ALL_EXITED)
         assert done == set(dead) and not pending and not w.check_owed
@@ -462,7 +445,7 @@ def test_wait_timeout_zero_runs_an_owed_loss_check() -> None:
 def test_unreadable_proc_is_not_taken_for_a_reused_pid(monkeypatch: pytest.MonkeyPatch) -> None:
     # EMFILE/ENOMEM reading /proc proves nothing: the child must still be
     # signalled and reaped, not declared lost.
-    with swapped_watcher(use_pidfd=False):
+    with _children._swapped_watcher(use_pidfd=False):
         c = fastreap.watch(sleeper())
         monkeypatch.setattr(_children, "_start_time", lambda pid: _children._UNKNOWN)
         c.terminate()

@@ -11,6 +11,7 @@ times the notice of one more exiting child (goal: flat in N).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import select
@@ -150,28 +151,18 @@ def _per_exit(
     from fastreap import _children
 
     old_lim = resource.getrlimit(resource.RLIMIT_NOFILE)
-    old_w = _children._watcher
-    w = None
-    if nofile is not None or sigchld_only:
+    kids: list[fastreap.Child] = []
+    with contextlib.ExitStack() as stack:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, old_lim[1]))
-        w = _children._Watcher()
-        w.use_pidfd = w.use_pidfd and not sigchld_only
-        w.sigchld_installed = old_w.sigchld_installed
-        _children._watcher = w
-    kids: list[fastreap.Child] = []
-    try:
+            stack.callback(resource.setrlimit, resource.RLIMIT_NOFILE, old_lim)
+        if nofile is not None or sigchld_only:
+            stack.enter_context(_children._swapped_watcher(use_pidfd=not sigchld_only))
+        stack.callback(lambda: fastreap.kill(kids))  # before the watcher is put back
         kids = [fastreap.watch(_spawn()) for _ in range(live)]
         before = fastreap.counters()
         samples = _measure(killer, lambda: fastreap.watch(_spawn()), lambda c: c.wait(), n)  # type: ignore[attr-defined]
         counts = fastreap.counters()
-    finally:
-        fastreap.kill(kids)
-        if w is not None:
-            _children._watcher = old_w
-            old_w.sigchld_installed = w.sigchld_installed
-            w.close()
-            resource.setrlimit(resource.RLIMIT_NOFILE, old_lim)
     lim = f"RLIMIT_NOFILE {nofile:,}: " if nofile is not None else ""
     name = f"{live:,} live" + (f", nofile {nofile:,}" if nofile is not None else "")
     return Result(

@@ -40,6 +40,7 @@ while it blocks), so their own ``wait()``/``poll()``/``exitcode`` stay true.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -48,7 +49,7 @@ import signal as _signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, Union
 
@@ -330,7 +331,7 @@ class _Watcher:
         # Popen whose own wait() holds its lock.
         if not exited or not (t is None or (popen and not t._waitpid_lock.locked())):
             try:
-                peeked = _peek(child)
+                peeked = _core.peek(child.pid, child._pidfd)
             except ChildProcessError:
                 self._lose(child)
                 return True
@@ -376,20 +377,8 @@ class _Watcher:
         process, never a reused pid) with rusage: its status; ``early`` (from
         a peek) if someone reaped it since (no rusage then), None (lost) if
         it had no peek; _RUNNING if it has not exited after all."""
-        global _P_PIDFD
         try:
-            if child._pidfd >= 0 and _P_PIDFD is not None:
-                try:
-                    r = _core.reap_pidfd(child._pidfd)
-                except ChildProcessError:
-                    raise
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    _P_PIDFD = None  # Linux 5.3: pidfds but no P_PIDFD
-                    r = _core.reap_pid(child.pid)
-            else:
-                r = _core.reap_pid(child.pid)
+            r = _core.reap_pid(child.pid, child._pidfd)
         except ChildProcessError:
             return early
         if r is None:  # cannot happen after a successful peek or pidfd event
@@ -571,30 +560,29 @@ _watcher = _Watcher()
 _RUNNING = ExitStatus(0, 0, 0, None)
 
 
+@contextlib.contextmanager
+def _swapped_watcher(use_pidfd: bool | None = None) -> Iterator[_Watcher]:
+    """A fresh process-wide watcher for the duration, closed afterwards (for
+    tests and benchmarks; its children must all be finished by then). It
+    sizes its pidfd budget from the current RLIMIT_NOFILE; ``use_pidfd=False``
+    puts every child on the SIGCHLD path."""
+    global _watcher
+    old = _watcher
+    new = _Watcher()
+    if use_pidfd is not None:
+        new.use_pidfd = new.use_pidfd and use_pidfd
+    new.sigchld_installed = old.sigchld_installed
+    _watcher = new
+    try:
+        yield new
+    finally:
+        _watcher = old
+        new.close()
+        old.sigchld_installed = new.sigchld_installed
+
+
 def _get_watcher() -> _Watcher:
     return _watcher
-
-
-_P_PIDFD: int | None = getattr(os, "P_PIDFD", 3 if _core.IS_LINUX else None)
-
-
-def _peek(child: Child) -> tuple[int, int] | None:
-    """Like _core.peek(child.pid), but through the child's pidfd when it has
-    one: that names the very process we watch, so a child reaped behind our
-    back gives ChildProcessError even once its pid names another child of ours."""
-    global _P_PIDFD
-    if child._pidfd >= 0 and _P_PIDFD is not None:
-        try:
-            r = os.waitid(_P_PIDFD, child._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            raise
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            _P_PIDFD = None  # Linux 5.3: pidfds but no P_PIDFD; the pid is all we have
-        else:
-            return None if r is None else (r.si_code, r.si_status)
-    return _core.peek(child.pid)
 
 
 _UNKNOWN = -1  # _start_time could not read it (EMFILE, ENOMEM...): proves nothing

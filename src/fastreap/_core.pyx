@@ -532,17 +532,18 @@ def pidfd_send_signal(int pidfd, int sig):
         _raise_errno()
 
 
-def peek(int pid):
+def peek(int pid, int pidfd=-1):
     """None while pid runs, else (si_code, si_status); the child stays
-    waitable. ChildProcessError if pid is not a child of this process."""
+    waitable. Through pidfd when one is given (and the kernel has P_PIDFD):
+    that names the very process, never a reused pid. ChildProcessError if
+    it is not (or no longer) a child of this process."""
     cdef int code = 0, status = 0, r
     if pid <= 0:
         raise ValueError(f"pid must be > 0, got {pid}")
     while True:
-        r = fr_peek(pid, &code, &status)
-        if r < 0 and errno == EINTR:
-            continue
-        break
+        r = fr_peek(pidfd, pid, &code, &status)
+        if not (r < 0 and errno == EINTR):
+            break
     if r < 0:
         _raise_errno()
     if r == 0:
@@ -564,37 +565,19 @@ cdef inline tuple _exit_tuple(fr_exit *e):
     return (e.pid, e.status, e.utime, e.stime, e.maxrss)
 
 
-def reap_pid(int pid):
-    """wait4(pid, WNOHANG): None if still running, else (pid, status, utime,
-    stime, maxrss). ChildProcessError if it is not (or no longer) our child."""
+def reap_pid(int pid, int pidfd=-1):
+    """Reap it, WNOHANG, with rusage: None if still running, else (pid,
+    status, utime, stime, maxrss). Through pidfd when one is given (waitid
+    P_PIDFD: never a reused pid), else wait4(pid). ChildProcessError if it is
+    not (or no longer) our child."""
     cdef fr_exit e
     cdef int r
     if pid <= 0:
         raise ValueError(f"pid must be > 0, got {pid}")
     while True:
-        r = fr_reap_pid(pid, &e)
-        if r < 0 and errno == EINTR:
-            continue
-        break
-    if r < 0:
-        _raise_errno()
-    if r == 0:
-        return None
-    return _exit_tuple(&e)
-
-
-def reap_pidfd(int pidfd):
-    """Reap the pidfd's process (waitid P_PIDFD, WNOHANG, with rusage): None
-    if it still runs, else (pid, status, utime, stime, maxrss).
-    ChildProcessError if someone else reaped it; OSError(EINVAL) on kernels
-    without P_PIDFD (< 5.4)."""
-    cdef fr_exit e
-    cdef int r
-    while True:
-        r = fr_reap_pidfd(pidfd, &e)
-        if r < 0 and errno == EINTR:
-            continue
-        break
+        r = fr_reap(pidfd, pid, &e)
+        if not (r < 0 and errno == EINTR):
+            break
     if r < 0:
         _raise_errno()
     if r == 0:

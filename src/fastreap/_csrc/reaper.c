@@ -238,10 +238,30 @@ int fr_have_pidfd(void) {
 
 /* ---- waiting and reaping ----------------------------------------------- */
 
-int fr_peek(int pid, int *code, int *status) {
+/* Set once the kernel refused P_PIDFD (Linux 5.3 has pidfds, not P_PIDFD):
+ * from then on only the pid is used. */
+static int fr_no_p_pidfd;
+
+static int use_pidfd(int pidfd) {
+    return FASTREAP_LINUX && pidfd >= 0 && !__atomic_load_n(&fr_no_p_pidfd, __ATOMIC_RELAXED);
+}
+
+/* After a P_PIDFD waitid failed: fall back to the pid only for EINVAL. */
+static int p_pidfd_refused(void) {
+    if (errno != EINVAL) return 0;
+    __atomic_store_n(&fr_no_p_pidfd, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+int fr_peek(int pidfd, int pid, int *code, int *status) {
     siginfo_t si;
     memset(&si, 0, sizeof si);
-    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
+    int r = -1;
+    if (use_pidfd(pidfd)) {
+        r = waitid((idtype_t)FR_P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | WNOWAIT);
+        if (r < 0 && !p_pidfd_refused()) return -1;
+    }
+    if (r < 0 && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
     if (si.si_pid == 0) return 0;
     *code = si.si_code;
     *status = si.si_status;
@@ -255,7 +275,8 @@ int fr_peek_any(void) {
     return (int)si.si_pid;
 }
 
-int fr_reap_pid(int pid, fr_exit *out) {
+/* wait4(pid, WNOHANG) with rusage; pid -1: any child. */
+static int reap_by_pid(int pid, fr_exit *out) {
     struct rusage ru;
     int status = 0;
     memset(&ru, 0, sizeof ru);
@@ -270,10 +291,9 @@ int fr_reap_pid(int pid, fr_exit *out) {
     return 1;
 }
 
-int fr_reap_pidfd(int pidfd, fr_exit *out) {
 #if FASTREAP_LINUX
-    /* The raw waitid has a rusage argument that glibc's wrapper hides:
-     * P_PIDFD (Linux 5.4) names the very process, never a reused pid. */
+/* The raw waitid has a rusage argument that glibc's wrapper hides. */
+static int reap_by_pidfd(int pidfd, fr_exit *out) {
     siginfo_t si;
     struct rusage ru;
     memset(&si, 0, sizeof si);
@@ -290,18 +310,25 @@ int fr_reap_pidfd(int pidfd, fr_exit *out) {
     out->stime = tv_seconds(ru.ru_stime);
     out->maxrss = ru.ru_maxrss;
     return 1;
+}
+#endif
+
+int fr_reap(int pidfd, int pid, fr_exit *out) {
+#if FASTREAP_LINUX
+    if (use_pidfd(pidfd)) {
+        int r = reap_by_pidfd(pidfd, out);
+        if (r >= 0 || !p_pidfd_refused()) return r;
+    }
 #else
     (void)pidfd;
-    (void)out;
-    errno = ENOSYS;
-    return -1;
 #endif
+    return reap_by_pid(pid, out);
 }
 
 int fr_reap_all(fr_exit *out, int max) {
     int n = 0;
     while (n < max) {
-        int r = fr_reap_pid(-1, &out[n]);
+        int r = reap_by_pid(-1, &out[n]);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno == ECHILD) break;

@@ -40,17 +40,18 @@ int fr_pidfd_open(int pid, int floor);
 int fr_pidfd_send_signal(int pidfd, int sig);
 int fr_have_pidfd(void);
 
-/* waitid(P_PID, WEXITED|WNOHANG|WNOWAIT): 1 exited (*code = si_code,
- * *status = si_status), 0 still running, -1 with errno (ECHILD: not ours). */
-int fr_peek(int pid, int *code, int *status);
+/* Is the child exited? waitid(WEXITED|WNOHANG|WNOWAIT) through its pidfd
+ * (P_PIDFD: that very process, never a reused pid) when pidfd >= 0 and the
+ * kernel has P_PIDFD (5.4), else by pid. 1 exited (*code = si_code,
+ * *status = si_status), 0 still running, -1 with errno (ECHILD: not ours,
+ * or reaped by someone else). */
+int fr_peek(int pidfd, int pid, int *code, int *status);
 /* waitid(P_ALL, ...WNOWAIT): the pid of some zombie child, 0 if none, -1. */
 int fr_peek_any(void);
-/* wait4(pid, WNOHANG): 1 reaped into *out, 0 not yet, -1 with errno. */
-int fr_reap_pid(int pid, fr_exit *out);
-/* waitid(P_PIDFD, WEXITED|WNOHANG) with rusage (Linux 5.4): reaps exactly
- * the pidfd's process. 1 reaped, 0 not yet, -1 with errno (ECHILD: reaped
- * by someone else; EINVAL: no P_PIDFD on this kernel). */
-int fr_reap_pidfd(int pidfd, fr_exit *out);
+/* Reap it with rusage, WNOHANG: through its pidfd (raw waitid, P_PIDFD)
+ * when pidfd >= 0 and the kernel has P_PIDFD, else wait4(pid). 1 reaped
+ * into *out, 0 not yet, -1 with errno (ECHILD: not or no longer ours). */
+int fr_reap(int pidfd, int pid, fr_exit *out);
 /* waitpid(-1, WNOHANG) until nothing is left or max entries; count or -1. */
 int fr_reap_all(fr_exit *out, int max);
 
