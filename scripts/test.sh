@@ -13,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$PY" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q pytest pytest-timeout hypothesis psutil Cython
+"$venv/bin/python" -m pip install -q pytest pytest-timeout hypothesis psutil Cython "mypy==2.4.1"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps .
 # Run from tests/ so `import fastreap` resolves to the installed package.
 cd tests
