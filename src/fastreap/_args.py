@@ -25,6 +25,25 @@ def check_timeout(timeout: float | None) -> float | None:
     return None if t < 0 else t
 
 
+def check_flag(flag: object) -> _core.StopFlag:
+    """A StopFlag, or the process default flag for None."""
+    if flag is None:
+        return _core.default_flag
+    if not isinstance(flag, _core.StopFlag):
+        raise TypeError(f"flag must be a fastreap.StopFlag or None, not {type(flag).__name__}")
+    return flag
+
+
+def check_mp_context(ctx: object) -> None:
+    import multiprocessing.context
+
+    if ctx is not None and not isinstance(ctx, multiprocessing.context.BaseContext):
+        raise TypeError(
+            "mp_context must be a multiprocessing context (multiprocessing.get_context(...)) "
+            f"or None, not {type(ctx).__name__}"
+        )
+
+
 def check_signal(sig: object, name: str = "signal", *, allow_zero: bool = False) -> int:
     """Validate one signal number (int or signal.Signals); return it as int."""
     if isinstance(sig, bool) or not isinstance(sig, int):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _core
-from ._args import check_bool, check_handled
+from ._args import check_bool, check_flag, check_handled
 from ._core import StopFlag, stop_requested
 
 __all__ = [
@@ -93,10 +93,7 @@ def handle_signals(
     Idempotent; ``restore_signals`` undoes it."""
     sigs = check_handled(signals)
     check_bool(exit, "exit")
-    if flag is None:
-        flag = _core.default_flag
-    elif not isinstance(flag, StopFlag):
-        raise TypeError(f"flag must be a fastreap.StopFlag or None, not {type(flag).__name__}")
+    flag = check_flag(flag)
     if exit and not _is_main_thread():
         # Python runs exception-raising handlers only in the main thread and
         # lets only the main thread set them (signal.signal).

@@ -29,7 +29,7 @@ import multiprocessing.context
 from typing import Any
 
 from . import _core
-from ._args import check_bool, check_timeout
+from ._args import check_bool, check_mp_context, check_timeout
 from ._children import watch
 from ._deadline import Deadline
 from ._flags import DEFAULT_SIGNALS, Stopped, handle_signals
@@ -57,11 +57,7 @@ class Process(multiprocessing.Process):
         mp_context: multiprocessing.context.BaseContext | None = None,
     ) -> None:
         check_bool(exit_on_stop, "exit_on_stop")
-        if mp_context is not None and not isinstance(mp_context, multiprocessing.context.BaseContext):
-            raise TypeError(
-                "mp_context must be a multiprocessing context (multiprocessing.get_context(...)) "
-                f"or None, not {type(mp_context).__name__}"
-            )
+        check_mp_context(mp_context)
         super().__init__(group, target, name, args, {} if kwargs is None else kwargs, daemon=daemon)
         # The name, not the context object: the Process itself is pickled for
         # spawn and forkserver, and contexts are process-wide singletons.

@@ -99,24 +99,29 @@ class Watcher:
         """Finished (reaped or lost); reads only, no lock needed."""
         return child._done()
 
-    def subscribe(self, child: Child, cb: Callable[[Child], None]) -> bool:
-        """Call cb(child) when it finishes (in the reaping thread, lock held);
-        False, and nothing registered, if it already has."""
-        with self.lock:
+    @staticmethod
+    def subscribe(child: Child, cb: Callable[[Child], None]) -> bool:
+        """Call cb(child) when it finishes (in the reaping thread, with the
+        lock of the watcher that has it held); False, and nothing
+        registered, if it already has."""
+        w = child._watcher  # the one that will finish it (a swapped or pre-fork one too)
+        with w.lock:
             if child._done():
                 return False
-            self.callbacks.setdefault(child, []).append(cb)
+            w.callbacks.setdefault(child, []).append(cb)
             return True
 
-    def unsubscribe(self, child: Child, cb: Callable[[Child], None]) -> None:
-        with self.lock:
-            cbs = self.callbacks.get(child)
+    @staticmethod
+    def unsubscribe(child: Child, cb: Callable[[Child], None]) -> None:
+        w = child._watcher
+        with w.lock:
+            cbs = w.callbacks.get(child)
             if cbs is None:
                 return
             with contextlib.suppress(ValueError):
                 cbs.remove(cb)
             if not cbs:
-                del self.callbacks[child]
+                del w.callbacks[child]
 
     # -- registration (lock held) ------------------------------------------
 

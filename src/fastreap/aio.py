@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from . import _children, _core, _stop, _watcher
+from ._args import check_flag
 from ._children import Child, ChildLostError, StopReport, Target
 from ._deadline import NEVER, Deadline
 from ._stop import StopRun
@@ -87,10 +88,7 @@ def _in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
 
 async def wait_for_stop(flag: _core.StopFlag | None = None) -> _core.StopFlag:
     """Wait until ``flag`` (the process default flag when None) is set; return it."""
-    if flag is None:
-        flag = _core.default_flag
-    elif not isinstance(flag, _core.StopFlag):
-        raise TypeError(f"flag must be a fastreap.StopFlag or None, not {type(flag).__name__}")
+    flag = check_flag(flag)
     if flag.is_set():
         return flag
     loop = asyncio.get_running_loop()
