@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import fastreap
-from fastreap import _children, _core
+from fastreap import _core, _procfs, _watcher
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -24,7 +24,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     return [
         f"fastreap {fastreap.__version__} from {os.path.dirname(fastreap.__file__)}",
-        f"backend: {fastreap.counters()['backend']} (FASTREAP_BACKEND={_children.BACKEND}), "
+        f"backend: {fastreap.counters()['backend']} (FASTREAP_BACKEND={_watcher.BACKEND}), "
         f"kernel {platform.release()}, GIL {'enabled' if gil else 'disabled'}",
     ]
 
@@ -43,17 +43,7 @@ def _open_fds() -> set[int]:
 
 def _live_children() -> set[int]:
     """Pids of this process's children (running or zombie), from /proc."""
-    kids: set[int] = set()
-    task = f"/proc/{os.getpid()}/task"
-    if not os.path.isdir(task):  # pragma: no cover - macOS
-        return kids
-    for tid in os.listdir(task):
-        try:
-            with open(f"{task}/{tid}/children") as f:
-                kids.update(int(p) for p in f.read().split())
-        except FileNotFoundError:
-            pass
-    return kids
+    return set(_procfs.children_of(os.getpid()))
 
 
 def _exempt_children() -> set[int]:
@@ -72,12 +62,7 @@ def _exempt_children() -> set[int]:
 
 def _exempt_fds() -> set[int]:
     """Process-lifetime descriptors: fastreap's singletons and multiprocessing's helpers."""
-    out: set[int] = set()
-    w = _children._get_watcher()
-    if w.pfd >= 0:
-        out.add(w.pfd)
-    if w.tfd >= 0:
-        out.add(w.tfd)  # the SIGCHLD path's loss-check timer
+    out = _watcher.current().own_fds()  # its poller and the SIGCHLD path's loss-check timer
     gw = _core.global_wake_fd()
     out.add(gw)
     from multiprocessing import forkserver, resource_tracker
@@ -133,6 +118,22 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         problems.append(f"left open descriptors behind: {desc}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(params=["pidfd", "sigchld"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on the pidfd+epoll watcher and on the SIGCHLD-ring watcher."""
+    if request.param == "pidfd" and not _watcher.Watcher().pidfd.enabled:
+        pytest.skip("no pidfd on this kernel")
+    with _watcher.swapped(use_pidfd=request.param == "pidfd"):
+        yield request.param
+
+
+@pytest.fixture
+def sigchld_watcher() -> Iterator[_watcher.Watcher]:
+    """A fresh process-wide watcher that puts every child on the SIGCHLD path."""
+    with _watcher.swapped(use_pidfd=False) as w:
+        yield w
 
 
 @pytest.fixture(params=["fork", "spawn", "forkserver"])

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import fastreap
-from fastreap import _children, _cli, _core, _flags, aio
+from fastreap import _cli, _core, _flags, _watcher, aio
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")
 
@@ -46,14 +46,14 @@ def _subreaper() -> int:
 
 def _state() -> dict[str, Any]:
     """Everything a failed call must leave as it was."""
-    w = _children._get_watcher()
+    w = _watcher.current()
     return {
         "python handlers": {s: signal.getsignal(s) for s in CATCHABLE},
         "C handler installed": [s for s in CATCHABLE if _core.is_installed(s)],
         "fastreap books": sorted(_flags._installed),
         "watched": sorted(w.children),
-        "sigchld path": sorted(w.sigchld_path),
-        "pidfds": w.pidfds,
+        "sigchld path": sorted(w.sigchld.starts),
+        "pidfds": w.pidfd.count,
         "default flag": _core.default_flag.is_set(),
         "subreaper": _subreaper(),
     }

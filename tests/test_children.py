@@ -11,22 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import fastreap
 from conftest import run_program, wait_ready
-from fastreap import _children
-
-
-@pytest.fixture(params=["pidfd", "sigchld"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test on the pidfd+epoll watcher and on the SIGCHLD-ring watcher."""
-    if request.param == "pidfd" and not _children._Watcher().use_pidfd:
-        pytest.skip("no pidfd on this kernel")
-    with _children._swapped_watcher(use_pidfd=request.param == "pidfd"):
-        yield request.param
+from fastreap import _procfs, _watcher
 
 
 def sh(code: str) -> subprocess.Popen[bytes]:
@@ -345,7 +335,7 @@ def test_leader_wakes_when_another_thread_reaps(backend: str) -> None:
     # A thread leads (blocked in epoll) for [x, y]; the main thread reaps x
     # through is_alive(). The leader must still return with x done, whether
     # its pidfd or the SIGCHLD wake-up was what told it.
-    w = _children._watcher
+    w = _watcher.current()
     for _ in range(30):
         x, y = sleeper(), sleeper()
         cx, cy = fastreap.watch(x), fastreap.watch(y)
@@ -387,33 +377,33 @@ def _coalesced_exits(n_live: int, n_dead: int) -> tuple[list[fastreap.Child], li
     return dead, live
 
 
+@pytest.mark.usefixtures("sigchld_watcher")
 def test_coalesced_sigchld_found_by_timed_loss_check() -> None:
-    with _children._swapped_watcher(use_pidfd=False) as w:
-        # 100 live: the check is owed after one SIGCHLD but not due by count
-        # (100 >> 5 = 3 exits), so the timer in the epoll set must run it.
-        dead, live = _coalesced_exits(100, 10)
-        checks = w.loss_checks
-        done, pending = fastreap.wait(dead, 30, fastreap.ALL_EXITED)
-        assert done == set(dead) and not pending
-        assert all(c.returncode == -signal.SIGKILL for c in dead)
-        assert w.loss_checks == checks + 1
-        assert all(c.returncode is None for c in live)
-        fastreap.kill(live)
+    # 100 live: the check is owed after one SIGCHLD but not due by count
+    # (100 >> 5 = 3 exits), so the timer in the epoll set must run it.
+    dead, live = _coalesced_exits(100, 10)
+    checks = fastreap.counters()["loss_checks"]
+    done, pending = fastreap.wait(dead, 30, fastreap.ALL_EXITED)
+    assert done == set(dead) and not pending
+    assert all(c.returncode == -signal.SIGKILL for c in dead)
+    assert fastreap.counters()["loss_checks"] == checks + 1
+    assert all(c.returncode is None for c in live)
+    fastreap.kill(live)
 
 
+@pytest.mark.usefixtures("sigchld_watcher")
 def test_coalesced_sigchld_found_in_asyncio() -> None:
     import asyncio
 
     from fastreap import aio
 
-    with _children._swapped_watcher(use_pidfd=False):
-        dead, live = _coalesced_exits(100, 5)
+    dead, live = _coalesced_exits(100, 5)
 
-        async def main() -> list[int]:
-            return await asyncio.wait_for(asyncio.gather(*(aio.wait(c) for c in dead)), 30)
+    async def main() -> list[int]:
+        return await asyncio.wait_for(asyncio.gather(*(aio.wait(c) for c in dead)), 30)
 
-        assert asyncio.run(main()) == [-signal.SIGKILL] * 5
-        fastreap.kill(live)
+    assert asyncio.run(main()) == [-signal.SIGKILL] * 5
+    fastreap.kill(live)
 
 
 def test_raising_done_callback_is_logged_and_others_still_run(
@@ -434,22 +424,21 @@ def test_raising_done_callback_is_logged_and_others_still_run(
     assert any("callback bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)
 
 
-def test_wait_timeout_zero_runs_an_owed_loss_check() -> None:
-    with _children._swapped_watcher(use_pidfd=False) as w:
-        dead, live = _coalesced_exits(100, 10)
-        done, pending = fastreap.wait(dead, 0, fastreap.ALL_EXITED)
-        assert done == set(dead) and not pending and not w.check_owed
-        fastreap.kill(live)
+def test_wait_timeout_zero_runs_an_owed_loss_check(sigchld_watcher: _watcher.Watcher) -> None:
+    dead, live = _coalesced_exits(100, 10)
+    done, pending = fastreap.wait(dead, 0, fastreap.ALL_EXITED)
+    assert done == set(dead) and not pending and not sigchld_watcher.sigchld.check_owed
+    fastreap.kill(live)
 
 
+@pytest.mark.usefixtures("sigchld_watcher")
 def test_unreadable_proc_is_not_taken_for_a_reused_pid(monkeypatch: pytest.MonkeyPatch) -> None:
     # EMFILE/ENOMEM reading /proc proves nothing: the child must still be
     # signalled and reaped, not declared lost.
-    with _children._swapped_watcher(use_pidfd=False):
-        c = fastreap.watch(sleeper())
-        monkeypatch.setattr(_children, "_start_time", lambda pid: _children._UNKNOWN)
-        c.terminate()
-        assert c.wait(30) == -signal.SIGTERM and not c.lost
+    c = fastreap.watch(sleeper())
+    monkeypatch.setattr(_procfs, "start_time", lambda pid: _procfs.UNKNOWN)
+    c.terminate()
+    assert c.wait(30) == -signal.SIGTERM and not c.lost
 
 
 def test_ctrl_c_while_retaking_the_watcher_lock_leaves_it_consistent() -> None:
@@ -457,13 +446,13 @@ def test_ctrl_c_while_retaking_the_watcher_lock_leaves_it_consistent() -> None:
     # anyway and the exception handed back (run in a child interpreter).
     code = """
 import signal, threading, time
-from fastreap._children import _acquire_uninterruptibly
+from fastreap._watcher import acquire_uninterruptibly
 lock = threading.Lock(); lock.acquire()
 def h(*a): raise KeyboardInterrupt
 signal.signal(signal.SIGALRM, h)
 threading.Timer(0.3, lock.release).start()
 signal.setitimer(signal.ITIMER_REAL, 0.05)
-exc = _acquire_uninterruptibly(lock)
+exc = acquire_uninterruptibly(lock)
 print(type(exc).__name__, lock.locked())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)

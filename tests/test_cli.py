@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import PROGRAMS, read_line, wait_ready
-from fastreap import _cli
+from fastreap import _cli, _procfs
 
 TARGET = str(PROGRAMS / "cli_target.py")
 FORWARDED = [signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH]
@@ -57,12 +57,9 @@ class Run:
             return self.p.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # unshare's one child is fastreap
-            kids = []
-            for tid in os.listdir(f"/proc/{self.p.pid}/task"):
-                with open(f"/proc/{self.p.pid}/task/{tid}/children") as f:
-                    kids += f.read().split()
+            kids = _procfs.children_of(self.p.pid)
             if kids:
-                return int(kids[0])
+                return kids[0]
             time.sleep(0.01)
         raise AssertionError("unshare started no child")
 

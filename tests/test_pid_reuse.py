@@ -18,8 +18,7 @@ import pytest
 
 import fastreap
 from conftest import PROGRAMS
-from fastreap import _core
-from test_children import backend  # noqa: F401  (the pidfd / SIGCHLD watcher fixture)
+from fastreap import _core, _watcher
 from test_cli import UNSHARE
 
 CASES = 12  # 3 target kinds x 2 reapers x 2 victims
@@ -72,8 +71,10 @@ def test_sigchld_path_never_signals_a_pid_that_changed_process() -> None:
     p = subprocess.Popen(["/bin/sleep", "30"])
     try:
         c = fastreap.watch(p)
-        assert c._start is not None and c._pidfd < 0
-        c._start += 1  # as if the pid now named a process started at another time
+        w = _watcher.current()
+        start = w.sigchld.starts[c.pid]
+        assert start is not None and c.pid not in w.pidfd_of
+        w.sigchld.starts[c.pid] = start + 1  # as if the pid now named a process started at another time
         c.terminate()
         c.kill()
         assert c.lost and c.returncode is None

@@ -14,7 +14,7 @@ short sleeps in between. Invariants, checked after every step:
 * at teardown: no zombie and no running child left, no watcher entry and no
   descriptor left (the ``no_leaks`` fixture checks the whole test as well).
 
-Runs on both watcher backends (the ``backend`` fixture of test_children).
+Runs on both watcher backends (the ``backend`` fixture of conftest).
 ``FASTREAP_SM_EXAMPLES`` raises the number of examples for a soak run.
 """
 
@@ -40,8 +40,7 @@ from hypothesis.stateful import (
 
 import fastreap
 from conftest import _exempt_children, _live_children, _open_fds
-from fastreap import _children
-from test_children import backend  # noqa: F401  (the pidfd / SIGCHLD watcher fixture)
+from fastreap import _watcher
 
 MAX_SPAWNS = 10  # per example
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP, signal.SIGKILL, 0]
@@ -363,11 +362,11 @@ class Machine(RuleBasedStateMachine):
                 if r.stolen is None:
                     self.check_child(r)
                     assert r.returncode is not None
-            w = _children._get_watcher()
+            w = _watcher.current()
             assert fastreap.counters()["watched"] == self.watched_before, w.children
             leftover = _live_children() - self.kids_before - _exempt_children()
             assert not leftover, f"left children (zombie or running): {leftover}"
-            new_fds = _open_fds() - self.fds_before - {w.pfd, w.tfd}
+            new_fds = _open_fds() - self.fds_before - w.own_fds()
             assert not new_fds, f"left descriptors: {new_fds}"
         finally:
             for r in self.recs:  # whatever failed above, leave nothing behind

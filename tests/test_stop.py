@@ -16,8 +16,7 @@ import pytest
 
 import fastreap
 from conftest import run_program
-from fastreap import _children, _core
-from test_children import backend  # noqa: F401  (the pidfd / SIGCHLD watcher fixture)
+from fastreap import _children, _core, _procfs
 
 
 def sh(code: str, **kw: Any) -> subprocess.Popen[bytes]:
@@ -49,18 +48,14 @@ def _sleep() -> None:
 
 def gone(pid: int) -> bool:
     """pid no longer runs (absent, or a zombie waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return True
-    return data[data.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
+    st = _procfs.read_stat(pid)
+    return st is None or st.zombie
 
 
 # ---- the main contract ---------------------------------------------------------
 
 
-def test_mixed_targets_and_report(backend: str) -> None:  # noqa: F811
+def test_mixed_targets_and_report(backend: str) -> None:
     pid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ)
     p = polite()
     child = fastreap.watch(polite())
@@ -83,7 +78,7 @@ def test_mixed_targets_and_report(backend: str) -> None:  # noqa: F811
         os.waitpid(pid, os.WNOHANG)
 
 
-def test_one_shared_deadline(backend: str) -> None:  # noqa: F811
+def test_one_shared_deadline(backend: str) -> None:
     n, grace = 6, 1.0
     kids = [stubborn() for _ in range(n)]
     r = fastreap.graceful_stop(kids, grace)
@@ -93,7 +88,7 @@ def test_one_shared_deadline(backend: str) -> None:  # noqa: F811
     assert all(k.returncode == -9 for k in kids)
 
 
-def test_returns_as_soon_as_all_exited(backend: str) -> None:  # noqa: F811
+def test_returns_as_soon_as_all_exited(backend: str) -> None:
     kids = [polite() for _ in range(5)] + [ready_sh('trap "exit 4" TERM; echo; while :; do sleep 0.05; done')]
     t0 = time.monotonic()
     r = fastreap.graceful_stop(kids, 60)

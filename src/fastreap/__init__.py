@@ -1,4 +1,9 @@
-"""fastreap: the lifecycle of child processes, with a compiled core."""
+"""fastreap: the lifecycle of child processes, with a compiled core.
+
+The public API is re-exported here; the private modules behind it (the
+watcher and its backends, graceful stop, the C handler) and the path of one
+exit and one SIGTERM through them are mapped in docs/ARCHITECTURE.md.
+"""
 
 import os as _os
 import sys as _sys
@@ -16,6 +21,7 @@ except ImportError as e:  # pragma: no cover - a broken install
         f"{e}. Install a wheel, or build from source with a C compiler: pip install ."
     ) from e
 
+from . import _fork  # noqa: F401  (the one at-fork hook, registered once everything is loaded)
 from ._children import (
     ALL_EXITED,
     FIRST_EXITED,

@@ -148,7 +148,7 @@ def _per_exit(
     import resource
 
     import fastreap
-    from fastreap import _children
+    from fastreap import _watcher
 
     old_lim = resource.getrlimit(resource.RLIMIT_NOFILE)
     kids: list[fastreap.Child] = []
@@ -157,7 +157,7 @@ def _per_exit(
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, old_lim[1]))
             stack.callback(resource.setrlimit, resource.RLIMIT_NOFILE, old_lim)
         if nofile is not None or sigchld_only:
-            stack.enter_context(_children._swapped_watcher(use_pidfd=not sigchld_only))
+            stack.enter_context(_watcher.swapped(use_pidfd=not sigchld_only))
         stack.callback(lambda: fastreap.kill(kids))  # before the watcher is put back
         kids = [fastreap.watch(_spawn()) for _ in range(live)]
         before = fastreap.counters()

@@ -42,12 +42,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from . import _children, _core
+from . import _core, _procfs, _watcher
 from ._children import reap, set_subreaper, watch
+from ._deadline import Deadline
 from ._flags import StopFlag, handle_signals
 
 if TYPE_CHECKING:
-    from ._children import Child, _Watcher
+    from ._children import Child
+    from ._watcher import Watcher
 
 FORWARDED: tuple[int, ...] = (
     signal.SIGTERM,
@@ -209,21 +211,12 @@ def _children_of_self() -> list[int]:
     # The pids in /proc are those of the PID namespace /proc was mounted
     # for. If that is not ours (unshare --pid without --mount-proc), they
     # would name other processes here: then trust nothing.
-    kids: list[int] = []
-    task = "/proc/self/task"
     try:
         if os.readlink("/proc/self") != str(os.getpid()):
-            return kids
-        tids = os.listdir(task)
+            return []
     except OSError:
-        return kids
-    for tid in tids:
-        try:
-            with open(f"{task}/{tid}/children") as f:
-                kids.extend(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return kids
+        return []
+    return _procfs.children_of("self")
 
 
 class Supervisor:
@@ -312,16 +305,16 @@ class Supervisor:
             return EXIT_NOT_EXECUTABLE
         child = watch(proc)
         self.log(f"started {self.cmd[0]!r} as pid {child.pid}" + (" in its own group" if self.group else ""))
-        watcher = _children._get_watcher()
+        watcher = _watcher.current()
         deadline: float | None = None  # set by the stop signal
         killed = False
         while True:
-            timeout = -1.0 if deadline is None or killed else max(0.0, deadline - time.monotonic())
-            watcher.wait_until(lambda: wake.is_set() or child._done(), timeout)
+            until = Deadline(None if killed else deadline)  # None: no deadline
+            watcher.wait_until(lambda: wake.is_set() or watcher.done(child), until)
             wake.clear()  # before reading the counters: a later signal sets it again
             self._reap()
             arrived = self._new_signals()
-            if child._done():
+            if watcher.done(child):
                 break
             for sig in arrived:
                 self._forward(child, sig)
@@ -376,7 +369,7 @@ class Supervisor:
         self.log(f"forwarding {signame(sig)} to {'group' if self.group else 'pid'} {child.pid}")
         self._send(child, sig)
 
-    def _drain_orphans(self, child: Child, wake: StopFlag, watcher: _Watcher, deadline: float | None) -> None:
+    def _drain_orphans(self, child: Child, wake: StopFlag, watcher: Watcher, deadline: float | None) -> None:
         """CMD is gone: stop and reap the children we still have (orphans
         adopted as PID 1 or subreaper, and what is left of CMD's group with
         --group). They get the stop signal, then SIGKILL at the deadline (the
@@ -424,7 +417,7 @@ class Supervisor:
             # when a grandchild dies send us nothing, so look again after a
             # short while: this rescan is the only timed wait in fastreap run.
             timeout = ORPHAN_RESCAN if late else min(ORPHAN_RESCAN, max(0.0, deadline - time.monotonic()))
-            watcher.wait_until(wake.is_set, timeout)
+            watcher.wait_until(wake.is_set, Deadline.after(timeout))
 
 
 def _group_exists(pgid: int) -> bool:

@@ -19,7 +19,6 @@ Chaining policy (what else runs when a handled signal arrives):
 from __future__ import annotations
 
 import contextlib
-import os
 import signal as _signal
 import threading
 from collections.abc import Iterable, Iterator
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _core
+from ._args import check_bool, check_flag, check_handled
 from ._core import StopFlag, stop_requested
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 DEFAULT_SIGNALS: tuple[int, ...] = (_signal.SIGTERM, _signal.SIGINT)
-_VALID = frozenset(int(s) for s in _signal.valid_signals())
 
 
 class Stopped(SystemExit):
@@ -78,42 +77,6 @@ def _raise_stopped(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
-def check_signal(sig: object, name: str = "signal", *, allow_zero: bool = False) -> int:
-    """Validate one signal number (int or signal.Signals); return it as int."""
-    if isinstance(sig, bool) or not isinstance(sig, int):
-        raise TypeError(f"{name} must be a signal number, not {type(sig).__name__}")
-    s = int(sig)
-    if allow_zero and s == 0:
-        return 0
-    if not 0 < s < _core.NSIG:
-        raise ValueError(f"{name} must be a valid signal number, got {s}")
-    return s
-
-
-def _check_bool(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-
-
-def _check_handled(signals: object) -> tuple[int, ...]:
-    if isinstance(signals, int):
-        signals = (signals,)
-    if not isinstance(signals, Iterable):
-        raise TypeError(
-            f"signals must be a signal number or an iterable of them, not {type(signals).__name__}"
-        )
-    out: list[int] = []
-    for sig in signals:
-        s = check_signal(sig, "signals")
-        if s in (_signal.SIGKILL, _signal.SIGSTOP):
-            raise ValueError(f"signals: {_signal.Signals(s).name} cannot be caught")
-        if s not in _VALID:  # e.g. 32 and 33, which glibc keeps for itself
-            raise ValueError(f"signals: {s} is not a signal this platform lets programs handle")
-        if s not in out:
-            out.append(s)
-    return tuple(out)
-
-
 def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -128,12 +91,9 @@ def handle_signals(
     arrival sets ``flag`` (the process default flag when None). With
     ``exit=True`` the main thread also gets ``Stopped`` at its next bytecode.
     Idempotent; ``restore_signals`` undoes it."""
-    sigs = _check_handled(signals)
-    _check_bool(exit, "exit")
-    if flag is None:
-        flag = _core.default_flag
-    elif not isinstance(flag, StopFlag):
-        raise TypeError(f"flag must be a fastreap.StopFlag or None, not {type(flag).__name__}")
+    sigs = check_handled(signals)
+    check_bool(exit, "exit")
+    flag = check_flag(flag)
     if exit and not _is_main_thread():
         # Python runs exception-raising handlers only in the main thread and
         # lets only the main thread set them (signal.signal).
@@ -208,9 +168,7 @@ def _undo(s: int, rec: _Record) -> None:
 def restore_signals(signals: Iterable[int] | int | None = None) -> None:
     """Put back exactly the dispositions fastreap replaced (all, or those named)."""
     with _lock:
-        sigs = (
-            list(_installed) if signals is None else [s for s in _check_handled(signals) if s in _installed]
-        )
+        sigs = list(_installed) if signals is None else [s for s in check_handled(signals) if s in _installed]
         if not _is_main_thread() and any(_installed[s].py_changed for s in sigs):
             raise ValueError("these signals were handled with exit=True; restore them from the main thread")
         for s in sigs:
@@ -222,8 +180,8 @@ def restore_signals(signals: Iterable[int] | int | None = None) -> None:
 def graceful(signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = False) -> Iterator[StopFlag]:
     """Handle ``signals`` inside the block (yielding the default flag) and
     restore, on the way out, those that were not handled before it."""
-    sigs = _check_handled(signals)
-    _check_bool(exit, "exit")
+    sigs = check_handled(signals)
+    check_bool(exit, "exit")
     with _lock:
         before = set(_installed)
     flag = handle_signals(sigs, exit=exit)
@@ -238,10 +196,7 @@ def handled_signals() -> dict[int, int]:
     return {s: _core.signal_count(s) for s in range(1, _core.NSIG) if _core.signal_count(s)}
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """A fresh books lock in the child (called by ``_fork``, after ``_core``'s)."""
     global _lock
     _lock = threading.RLock()
-    _core._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
-import time
 from typing import Any
 
 from . import _core
+from ._args import check_bool, check_mp_context, check_timeout
 from ._children import watch
+from ._deadline import Deadline
 from ._flags import DEFAULT_SIGNALS, Stopped, handle_signals
 
 __all__ = ["Process"]
@@ -55,13 +56,8 @@ class Process(multiprocessing.Process):
         exit_on_stop: bool = True,
         mp_context: multiprocessing.context.BaseContext | None = None,
     ) -> None:
-        if not isinstance(exit_on_stop, bool):
-            raise TypeError(f"exit_on_stop must be a bool, not {type(exit_on_stop).__name__}")
-        if mp_context is not None and not isinstance(mp_context, multiprocessing.context.BaseContext):
-            raise TypeError(
-                "mp_context must be a multiprocessing context (multiprocessing.get_context(...)) "
-                f"or None, not {type(mp_context).__name__}"
-            )
+        check_bool(exit_on_stop, "exit_on_stop")
+        check_mp_context(mp_context)
         super().__init__(group, target, name, args, {} if kwargs is None else kwargs, daemon=daemon)
         # The name, not the context object: the Process itself is pickled for
         # spawn and forkserver, and contexts are process-wide singletons.
@@ -113,35 +109,31 @@ class Process(multiprocessing.Process):
         handlers are in place), wait up to timeout seconds (None: no limit),
         SIGKILL it if still running, reap it and return its exit code
         (143 after Stopped, -9 if killed)."""
-        t = _core.check_timeout(timeout)
+        deadline = Deadline.after(check_timeout(timeout))
         if self._closed:  # type: ignore[attr-defined]
             raise ValueError(f"stop: {self!r} is closed")
         if self._popen is None:  # type: ignore[attr-defined]
             raise ValueError(f"stop: {self!r} is not started")
         child = watch(self)  # ChildProcessError if started by another process
-        deadline = None if t < 0 else time.monotonic() + t
         if child.returncode is None:
             self._stop_flag.set()
             if self._wait_ready(deadline):
                 child.terminate()
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if child.wait(remaining) is None:
+            if child.wait(deadline.seconds()) is None:
                 child.kill()
         rc = child.wait()
         assert rc is not None
         self.join(0)  # reaped already: this only does join()'s bookkeeping
         return rc
 
-    def _wait_ready(self, deadline: float | None) -> bool:
+    def _wait_ready(self, deadline: Deadline) -> bool:
         """Wait until the child has its handlers (True), or it exited or the
         deadline passed (False), without polling."""
         ready = self._ready
         while not ready.is_set():
-            remaining = -1.0
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
+            remaining = deadline.remaining()  # -1.0: forever
+            if remaining == 0.0:
+                return False
             if _core.wait_readable(ready.fileno(), self.sentinel, remaining) == 2:
                 return ready.is_set()
         return True

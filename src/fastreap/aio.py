@@ -16,10 +16,14 @@ import signal as _signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
-from . import _children, _core
-from ._children import ALL_EXITED, Child, ChildLostError, StopReport, Target
+from . import _children, _core, _stop, _watcher
+from ._args import check_flag
+from ._children import Child, ChildLostError, StopReport, Target
+from ._deadline import NEVER, Deadline
+from ._stop import StopRun
 
 __all__ = ["graceful_stop", "wait", "wait_for_stop"]
 
@@ -84,10 +88,7 @@ def _in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
 
 async def wait_for_stop(flag: _core.StopFlag | None = None) -> _core.StopFlag:
     """Wait until ``flag`` (the process default flag when None) is set; return it."""
-    if flag is None:
-        flag = _core.default_flag
-    elif not isinstance(flag, _core.StopFlag):
-        raise TypeError(f"flag must be a fastreap.StopFlag or None, not {type(flag).__name__}")
+    flag = check_flag(flag)
     if flag.is_set():
         return flag
     loop = asyncio.get_running_loop()
@@ -112,15 +113,54 @@ async def wait_for_stop(flag: _core.StopFlag | None = None) -> _core.StopFlag:
     return flag
 
 
-def _watcher_reader(loop: asyncio.AbstractEventLoop) -> tuple[int, Callable[[], None], Callable[[], None]]:
-    """Subscribe the loop to the watcher's poller; return (fd, callback, unsubscribe)."""
-    w = _children._watcher
-    w._check_open()
-    with w.lock:
-        pfd = w._poller()
-    cb = w.poll_now
-    _mux(loop).add(pfd, cb)
-    return pfd, cb, lambda: _mux(loop).remove(pfd, cb)
+async def _until(
+    pred: Callable[[], bool],
+    children: Iterable[Child],
+    deadline: Deadline = NEVER,
+    extra: tuple[tuple[int, Callable[[], Any]], ...] = (),
+) -> None:
+    """The one asyncio wait: until pred() or the deadline. Woken by each of
+    ``children`` finishing (in whichever thread reaps it), by the watcher's
+    descriptor (read means ``poll_now``) and by ``extra`` (descriptor,
+    callback) pairs; every part is removed again, also on cancellation."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    w = _watcher.current()
+    mux = _mux(loop)
+
+    def check() -> None:
+        if pred():
+            _resolve(fut)
+
+    def on_done(_c: Child) -> None:
+        _in_loop(loop, check)
+
+    subscribed = [c for c in children if w.subscribe(c, on_done)]
+    added: list[tuple[int, Callable[[], Any]]] = []
+    timer = None
+    try:
+        wfd = w.fileno()
+        mux.add(wfd, w.poll_now)
+        added.append((wfd, w.poll_now))
+        for fd, cb in extra:
+
+            def on_readable(cb: Callable[[], Any] = cb) -> None:
+                cb()
+                check()
+
+            mux.add(fd, on_readable)
+            added.append((fd, on_readable))
+        if deadline.at is not None:
+            timer = loop.call_later(deadline.remaining(), _resolve, fut)
+        check()
+        await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for fd, cb in reversed(added):
+            mux.remove(fd, cb)
+        for c in subscribed:
+            w.unsubscribe(c, on_done)
 
 
 async def wait(child: Target) -> int:
@@ -132,21 +172,9 @@ async def wait(child: Target) -> int:
             "child must be one pid, subprocess.Popen, multiprocessing.Process or Child, "
             "not a collection (use asyncio.gather, or fastreap.aio.graceful_stop)"
         )
-    c = _children._as_children([child], "child")[0]
+    c = _children.as_children([child], "child")[0]
     if c.returncode is None and not c.lost:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-
-        def on_done(_c: Child) -> None:
-            _in_loop(loop, _resolve, fut)
-
-        c.add_done_callback(on_done)
-        _fd, _cb, unsubscribe = _watcher_reader(loop)
-        try:
-            await fut
-        finally:
-            c.remove_done_callback(on_done)
-            unsubscribe()
+        await _until(partial(_watcher.Watcher.done, c), [c])
     if c.lost:
         raise ChildLostError(f"pid {c.pid} was reaped by someone else; its exit status is unknown")
     rc = c.returncode
@@ -154,52 +182,12 @@ async def wait(child: Target) -> int:
     return rc
 
 
-async def _wait_run(run: _children._StopRun, deadline: float | None) -> None:
-    """Until every target (and pinned group member) has exited, or deadline."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    pending = set(run.pending())
+async def _wait_run(run: StopRun, deadline: Deadline) -> None:
+    """The asyncio driver's wait: until every target (and pinned group
+    member) has exited, or deadline."""
     members = run.members
-
-    def check() -> None:
-        if not pending and (members is None or not members.fds):
-            _resolve(fut)
-
-    def on_done_in_loop(c: Child) -> None:
-        pending.discard(c)
-        check()
-
-    def on_done(c: Child) -> None:
-        _in_loop(loop, on_done_in_loop, c)
-
-    def on_members() -> None:
-        assert members is not None
-        members.collect(0.0)
-        check()
-
-    for c in list(pending):
-        c.add_done_callback(on_done)
-    unsubscribe: Callable[[], None] | None = None
-    mfd = -1
-    timer = None
-    try:
-        _fd, _cb, unsubscribe = _watcher_reader(loop)
-        if members is not None and members.fds:
-            mfd = members.fileno()
-            _mux(loop).add(mfd, on_members)
-        if deadline is not None:
-            timer = loop.call_later(max(0.0, deadline - time.monotonic()), _resolve, fut)
-        check()
-        await fut
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if mfd >= 0:
-            _mux(loop).remove(mfd, on_members)
-        if unsubscribe is not None:
-            unsubscribe()
-        for c in run.kids:
-            c.remove_done_callback(on_done)
+    extra = ((members.fileno(), members.collect_ready),) if members is not None and members.fds else ()
+    await _until(run.all_exited, run.pending(), deadline, extra)
 
 
 async def graceful_stop(
@@ -215,22 +203,19 @@ async def graceful_stop(
     every one. Bad targets raise before anything is signalled. If cancelled,
     the targets still running are SIGKILLed and reaped before CancelledError
     propagates (with ``kill_after=False`` they are left running, watched)."""
-    run = _children._StopRun(targets, timeout, signal, kill_after, group)
+    run = StopRun(targets, timeout, signal, kill_after, group)
     try:
-        run.begin()
+        d: Deadline | None = run.begin(time.monotonic())
         try:
-            await _wait_run(run, run.deadline)
-            if run.kill_after and (run.pending() or (run.members is not None and run.members.fds)):
-                run.escalate()
-                await _wait_run(run, None)
+            while d is not None:
+                await _wait_run(run, d)
+                d = run.step(time.monotonic())
         except asyncio.CancelledError:
             if run.kill_after:
                 run.escalate()
                 # SIGKILLed: they die within moments; reap them now rather
                 # than leave zombies behind the cancelled task.
-                _children.wait(run.kids, None, ALL_EXITED)
-                if run.members is not None:
-                    run.members.wait_all(None)
+                _stop.wait_blocking(run, NEVER)
             raise
         return run.report()
     finally:

@@ -39,7 +39,7 @@ import warnings
 from typing import Any
 
 import fastreap
-from fastreap import _children
+from fastreap import _watcher
 
 OK = 42
 warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of fork()": the point
@@ -47,7 +47,7 @@ warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of f
 
 def check_child(inherited: fastreap.Child) -> None:
     """Use fastreap right after the fork; raise AssertionError on any failure."""
-    w = _children._get_watcher()
+    w = _watcher.current()
     assert not w.closed and not w.children and not w.leading, "the parent's watcher state leaked"
     # The parent's child is not ours: refused clearly, nothing signalled.
     try:
@@ -81,7 +81,7 @@ def check_child(inherited: fastreap.Child) -> None:
 
 
 def quick_check() -> None:
-    w = _children._get_watcher()
+    w = _watcher.current()
     assert not w.closed and not w.children and w.pfd == -1, "the fork hook did not reset the watcher"
 
 
@@ -150,7 +150,7 @@ def main() -> int:
     threads += [threading.Thread(target=churn) for _ in range(3 if race else 1)]
     for t in threads:
         t.start()
-    w = _children._get_watcher()
+    w = _watcher.current()
     deadline = time.monotonic() + 10
     while not w.leading and time.monotonic() < deadline:
         time.sleep(0.001)  # until the leader sits in epoll with the lock released

@@ -170,7 +170,9 @@ def scenario(kind: str, reaper: str, own_victim: bool, cyc: Cycler) -> dict[str,
 
     t = Target(kind)
     c = fastreap.watch(t.obj)
-    path = "pidfd" if c._pidfd >= 0 else "sigchld"  # which watcher path holds it
+    from fastreap import _watcher
+
+    path = "pidfd" if c.pid in _watcher.current().pidfd_of else "sigchld"  # which watcher path holds it
     t.release()
     if reaper == "fastreap":
         assert c.wait(30) == 7, c

@@ -1,0 +1,99 @@
+"""The pidfd + epoll backend (Linux >= 5.3) of the watcher.
+
+Each watched child gets a pidfd registered in the watcher's epoll instance
+(token: its pid); epoll reports only the ready ones, so one exit costs O(1)
+whatever the number of live children.
+
+Descriptor budget: pidfds are descriptors, and a program may watch 10,000
+children under ``RLIMIT_NOFILE`` 1,024. So pidfds are used only up to a budget
+(a quarter of the soft limit, at most 16,384; ``FASTREAP_PIDFD_BUDGET``
+overrides it) and are moved to numbers at or above a floor (1,024 when the
+limit allows, otherwise the top quarter), which keeps the low numbers that
+``select()`` users and the program need free. Children beyond the budget go
+to the SIGCHLD backend.
+
+The pidfds live in ``Watcher.pidfd_of`` (pid -> fd), which also names the
+signal-only pidfd of a fork-server child; this backend counts and closes the
+ones it registered. All methods run with the watcher lock held.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from typing import TYPE_CHECKING
+
+from . import _core
+
+if TYPE_CHECKING:
+    from ._watcher import Watcher
+
+
+def _pidfd_budget() -> tuple[int, int]:
+    env = os.environ.get("FASTREAP_PIDFD_BUDGET")
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft > 1 << 20:
+        soft = 1 << 20
+    budget = min(soft // 4, 16384) if env is None else max(0, int(env))
+    floor = 1024 if soft >= 1024 + budget else max(0, soft - budget)
+    return budget, floor
+
+
+class PidfdBackend:
+    def __init__(self, watcher: Watcher, enabled: bool) -> None:
+        self.w = watcher
+        self.enabled = enabled
+        self.budget, self.floor = _pidfd_budget()
+        self.count = 0  # pidfds registered in the poller
+        # pidfds of children finished by another thread while a leader blocks
+        # in epoll: kept registered (and readable) so the leader wakes up and
+        # sees the news; closed by the leader when it returns.
+        self.deferred: list[int] = []
+
+    def register(self, pid: int) -> bool:
+        """Watch pid through a pidfd if the budget allows; False: not taken."""
+        if not self.enabled or self.count >= self.budget:
+            return False
+        try:
+            fd = _core.pidfd_open(pid, self.floor)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EINVAL):
+                raise
+            return False  # over the limit after all: the SIGCHLD path takes it
+        try:
+            _core.poller_add_fd(self.w.poller(), fd, pid)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.w.pidfd_of[pid] = fd
+        self.count += 1
+        return True
+
+    def open_for_signals(self, pid: int) -> None:
+        """A pidfd that only signals pid safely (a fork-server child), not polled."""
+        if self.enabled:
+            try:
+                self.w.pidfd_of[pid] = _core.pidfd_open(pid, self.floor)
+            except OSError:
+                pass
+
+    def forget(self, pid: int) -> bool:
+        """Close pid's polled pidfd (later, if a leader is in epoll); False if it had none."""
+        # Forget the number before closing it (here and in close_deferred):
+        # closing releases the GIL, and a fork landing in that window must
+        # not find a closed (or reused) number in our books, which the
+        # child's Watcher.close() would then close.
+        fd = self.w.pidfd_of.pop(pid, -1)
+        if fd < 0:
+            return False
+        self.count -= 1
+        if self.w.leading:
+            self.deferred.append(fd)
+        else:
+            _core.poller_close_fd(self.w.pfd, fd)
+        return True
+
+    def close_deferred(self) -> None:
+        while self.deferred:
+            _core.poller_close_fd(self.w.pfd, self.deferred.pop())

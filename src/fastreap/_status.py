@@ -1,0 +1,76 @@
+"""How a child ended: ``ExitStatus``, decoded in one place.
+
+The kernel reports an end in three encodings: a wait status (``wait4``,
+``waitpid(-1)``), a siginfo (``waitid`` peeks: ``si_code`` + ``si_status``)
+and, when a Popen or Process reaped it, a returncode (-N for signal N).
+``_decode`` is the one place that turns a returncode and a core flag into the
+fields; the two small translators only say which returncode the kernel meant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import _core
+
+
+class ChildLostError(ChildProcessError):
+    """A watched child was reaped by someone else (``os.waitpid``, another
+    library): it is gone and its exit status is unknown."""
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a child ended (with rusage from ``wait4`` when fastreap reaped it)."""
+
+    pid: int
+    returncode: int
+    exit_code: int | None
+    signal: int | None
+    core_dumped: bool = False
+    user_time: float | None = None
+    system_time: float | None = None
+    max_rss: int | None = None
+
+
+def _decode(
+    pid: int,
+    returncode: int,
+    core: bool = False,
+    utime: float | None = None,
+    stime: float | None = None,
+    maxrss: int | None = None,
+) -> ExitStatus:
+    if returncode < 0:
+        return ExitStatus(pid, returncode, None, -returncode, core, utime, stime, maxrss)
+    return ExitStatus(pid, returncode, returncode, None, False, utime, stime, maxrss)
+
+
+def from_returncode(pid: int, rc: int) -> ExitStatus:
+    """What a Popen/Process found (no rusage, no core flag)."""
+    return _decode(pid, rc)
+
+
+def from_wait(
+    pid: int,
+    status: int,
+    utime: float | None = None,
+    stime: float | None = None,
+    maxrss: int | None = None,
+) -> ExitStatus:
+    """A wait status with rusage (``_core.reap_pid``, ``_core.reap_all``)."""
+    if os.WIFSIGNALED(status):
+        return _decode(pid, -os.WTERMSIG(status), os.WCOREDUMP(status), utime, stime, maxrss)
+    return _decode(pid, os.WEXITSTATUS(status), False, utime, stime, maxrss)
+
+
+def from_siginfo(pid: int, si_code: int, si_status: int) -> ExitStatus:
+    """A ``waitid`` peek (``_core.peek``)."""
+    if si_code == _core.CLD_EXITED_:
+        return _decode(pid, si_status)
+    return _decode(pid, -si_status, si_code == _core.CLD_DUMPED_)
+
+
+# The watcher's "not exited after all" (identity-compared, never exposed).
+RUNNING = ExitStatus(0, 0, 0, None)

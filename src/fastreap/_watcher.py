@@ -1,0 +1,423 @@
+"""The process-wide watcher: registry of watched children, one lock, the
+leader/follower wait, and the fork rule, over three backends:
+
+* ``_backend_pidfd``: a pidfd per child in one epoll set (Linux >= 5.3), up
+  to a descriptor budget;
+* ``_backend_sigchld``: the C SIGCHLD handler's ring of sender pids, with its
+  amortised loss check (beyond the budget, old kernels, ``FASTREAP_BACKEND=sigchld``);
+* ``_backend_kqueue``: EVFILT_PROC (macOS).
+
+Everything waits in one poller (epoll or kqueue) whose tokens are a child's
+pid (its pidfd, sentinel or kqueue event), ``WAKE`` (the global wake-up
+descriptor the C handler pokes) or ``CHECK`` (the loss-check timer).
+
+Never stealing: only watched pids are reaped, and the status is written back
+into the child's Popen/Process through its owner adapter (``_owners``).
+
+The internal protocol for the front-ends (``aio``, the CLI, ``_stop``):
+``current()``, then ``fileno()`` (readable when a watched child may have
+exited), ``poll_now()`` (reap what is ready, never blocking),
+``wait_until(pred, deadline)``, ``subscribe(child, cb)`` / ``unsubscribe``,
+``done(child)`` (lock-free: finished, reaped or lost).
+
+One thread at a time waits in the poller with the GIL and the lock released
+(the leader); other waiters sleep on the condition until it has news.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _core, _status
+from ._backend_kqueue import KqueueBackend
+from ._backend_pidfd import PidfdBackend
+from ._backend_sigchld import CHECK, SigchldBackend
+from ._deadline import Deadline
+from ._status import ExitStatus
+
+if TYPE_CHECKING:
+    from ._children import Child
+
+_log = logging.getLogger("fastreap")
+
+WAKE = -1  # poller token of the global wake-up descriptor
+
+
+def _backend() -> str:
+    b = os.environ.get("FASTREAP_BACKEND", "auto")
+    if b not in ("auto", "pidfd", "sigchld"):
+        raise ValueError(f"FASTREAP_BACKEND must be auto, pidfd or sigchld, not {b!r}")
+    return b
+
+
+BACKEND = _backend()
+
+
+class Watcher:
+    """The process-wide registry of watched children (see the module docstring)."""
+
+    def __init__(self, use_pidfd: bool | None = None) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.leading = False
+        self.closed = False
+        self.pfd = -1
+        self.children: dict[int, Child] = {}
+        self.pidfd_of: dict[int, int] = {}  # pid -> pidfd (polled, or signal-only for fork-server children)
+        self.callbacks: dict[Child, list[Callable[[Child], None]]] = {}
+        self.followers = 0  # threads in cond.wait() behind the leader
+        self.finished = 0  # children finished (reaped or lost): wait() predicates' generation
+        self.reaped = 0
+        self.escalations = 0
+        self.lost = 0
+        enabled = BACKEND != "sigchld" and _core.IS_LINUX and _core.have_pidfd()
+        if use_pidfd is not None:
+            enabled = enabled and use_pidfd
+        self.pidfd = PidfdBackend(self, enabled)
+        self.sigchld = SigchldBackend(self)
+        self.kqueue = KqueueBackend(self) if _core.IS_APPLE else None
+
+    @property
+    def backend(self) -> str:
+        return "kqueue" if _core.IS_APPLE else ("pidfd" if self.pidfd.enabled else "sigchld")
+
+    # -- the front-ends' protocol -------------------------------------------
+
+    def fileno(self) -> int:
+        """The poller: readable when a watched child may have exited (then call poll_now)."""
+        self.check_open()
+        with self.lock:
+            return self.poller()
+
+    @staticmethod
+    def done(child: Child) -> bool:
+        """Finished (reaped or lost); reads only, no lock needed."""
+        return child._done()
+
+    @staticmethod
+    def subscribe(child: Child, cb: Callable[[Child], None]) -> bool:
+        """Call cb(child) when it finishes (in the reaping thread, with the
+        lock of the watcher that has it held); False, and nothing
+        registered, if it already has."""
+        w = child._watcher  # the one that will finish it (a swapped or pre-fork one too)
+        with w.lock:
+            if child._done():
+                return False
+            w.callbacks.setdefault(child, []).append(cb)
+            return True
+
+    @staticmethod
+    def unsubscribe(child: Child, cb: Callable[[Child], None]) -> None:
+        w = child._watcher
+        with w.lock:
+            cbs = w.callbacks.get(child)
+            if cbs is None:
+                return
+            with contextlib.suppress(ValueError):
+                cbs.remove(cb)
+            if not cbs:
+                del w.callbacks[child]
+
+    # -- registration (lock held) ------------------------------------------
+
+    def poller(self) -> int:
+        if self.pfd < 0:
+            self.pfd = _core.poller_open()
+            _core.poller_add_fd(self.pfd, _core.global_wake_fd(), WAKE)
+        return self.pfd
+
+    def register(self, child: Child) -> None:
+        pfd = self.poller()
+        pid = child.pid
+        owner = child._owner
+        if owner.foreign:
+            # A forkserver child is the server's, not ours: its Popen sentinel
+            # becomes readable once the server has reaped it and sent the code.
+            # A pidfd, where there is one, serves only to signal it safely.
+            self.pidfd.open_for_signals(pid)
+            _core.poller_add_fd(pfd, owner.sentinel(), pid)  # type: ignore[attr-defined]
+        elif self.pidfd.register(pid):
+            pass
+        elif self.kqueue is not None:
+            self.kqueue.register(pid)
+        else:
+            self.sigchld.register(pid)
+        self.children[pid] = child
+
+    def _forget(self, child: Child) -> None:
+        pid = child.pid
+        self.children.pop(pid, None)
+        self.sigchld.forget(pid)
+        if child._owner.foreign:
+            try:
+                _core.poller_del_fd(self.pfd, child._owner.sentinel())  # type: ignore[attr-defined]
+            except (OSError, ValueError):
+                pass  # the Process was closed: its sentinel (and registration) are gone
+            fd = self.pidfd_of.pop(pid, -1)  # forgotten before closed: see PidfdBackend.forget
+            if fd >= 0:
+                os.close(fd)
+        elif not self.pidfd.forget(pid) and self.kqueue is not None:
+            self.kqueue.forget(pid)
+
+    def finish(self, child: Child, status: ExitStatus | None) -> None:
+        """Record a child's end (lock held) and wake everyone waiting."""
+        self._forget(child)
+        self.finished += 1
+        child._finish(status)
+        if status is None:
+            self.lost += 1
+            child._owner.mark_lost(child)
+        else:
+            self.reaped += 1
+        if self.followers:
+            self.cond.notify_all()
+        callbacks = self.callbacks.pop(child, None)
+        if callbacks:
+            for cb in callbacks:
+                try:
+                    cb(child)
+                except Exception:
+                    # Like concurrent.futures: one failing callback must not
+                    # stop the others, nor surface in an unrelated waiter.
+                    _log.exception("fastreap: done callback %r for %r raised", cb, child)
+
+    # -- reaping and signalling (lock held) ---------------------------------
+
+    def try_reap(self, child: Child, exited: bool = False) -> bool:
+        """Reap ``child`` if it has exited, writing its status back into its
+        owner; return whether it is done. ``exited``: its pidfd said so, and
+        the peek is skipped where the owner allows (Owner.may_skip_peek)."""
+        if child._done():
+            return True
+        owner = child._owner
+        pid = child.pid
+        if owner.foreign:
+            rc = owner.poll()  # type: ignore[attr-defined]
+            if rc is None:
+                return False
+            self.finish(child, _status.from_returncode(pid, rc))
+            return True
+        rc = owner.reaped_by_owner()
+        if rc is not None:
+            self.finish(child, _status.from_returncode(pid, rc))
+            return True
+        pidfd = self.pidfd_of.get(pid, -1)
+        early = None
+        if not exited or not owner.may_skip_peek():
+            try:
+                peeked = _core.peek(pid, pidfd)
+            except ChildProcessError:
+                self.lose(child)
+                return True
+            if peeked is None:
+                return False
+            if not self.sigchld.same_process(pid):
+                # The pid was reaped behind our back and now names another child
+                # of ours (SIGCHLD path, no pidfd): its status is not ours to take.
+                self.lose(child)
+                return True
+            early = _status.from_siginfo(pid, *peeked)
+            owner.publish_early(early)
+        with owner.lock():
+            rc = owner.reaped_by_owner()
+            if rc is not None:
+                self.finish(child, _status.from_returncode(pid, rc))
+                return True
+            status = self._reap(pid, pidfd, early)
+            if status is _status.RUNNING:
+                return False
+            if status is not None:
+                owner.publish(status)
+        self.finish(child, status)
+        return True
+
+    def lose(self, child: Child) -> None:
+        """Someone else reaped it: record what its owner found, or lost."""
+        rc = child._owner.found()
+        self.finish(child, None if rc is None else _status.from_returncode(child.pid, rc))
+
+    @staticmethod
+    def _reap(pid: int, pidfd: int, early: ExitStatus | None) -> ExitStatus | None:
+        """Reap it (through its pidfd when it has one: that names the very
+        process, never a reused pid) with rusage: its status; ``early`` (from
+        a peek) if someone reaped it since (no rusage then), None (lost) if
+        it had no peek; RUNNING if it has not exited after all."""
+        try:
+            r = _core.reap_pid(pid, pidfd)
+        except ChildProcessError:
+            return early
+        if r is None:  # cannot happen after a successful peek or pidfd event
+            return _status.RUNNING if early is None else early
+        return _status.from_wait(*r)
+
+    def send_locked(self, child: Child, sig: int) -> None:
+        """Signal child (pid-reuse safe); nothing once it is finished."""
+        if child._done() or self.closed:
+            return
+        pid = child.pid
+        pidfd = self.pidfd_of.get(pid, -1)
+        try:
+            if pidfd >= 0:
+                _core.pidfd_send_signal(pidfd, sig)
+            elif not child._owner.foreign:
+                # Unreaped by us, so the pid is reused only if someone else
+                # reaped it: the start time tells (left: the instant between
+                # this check and kill()). The lock keeps our own reaper off.
+                if not self.sigchld.same_process(pid):
+                    self.lose(child)
+                    return
+                os.kill(pid, sig)
+            elif child._owner.poll() is None:  # type: ignore[attr-defined]
+                # A forkserver child without pidfd: only while its sentinel says it runs.
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped
+
+    def process(self, tokens: list[int]) -> None:
+        for tok in tokens:
+            if tok >= 0:
+                c = self.children.get(tok)
+                if c is not None:
+                    self.try_reap(c, tok in self.pidfd_of)  # a readable pidfd: it has exited
+            elif tok == WAKE:
+                _core.global_wake_drain()
+                self.sigchld.on_wake()
+            elif tok == CHECK:
+                self.sigchld.on_check_timer()
+
+    # -- waiting -------------------------------------------------------------
+
+    def wait_until(self, pred: Callable[[], bool], deadline: Deadline) -> bool:
+        """Block until pred() (checked with the lock held) or the deadline.
+        One thread at a time waits in the poller with the GIL and the lock
+        released; the others sleep on the condition until it has news."""
+        with self.cond:
+            self.check_open()
+            if not pred() and self.pfd >= 0 and not self.leading:
+                # Collect exits that already happened (timeout 0 must see them,
+                # also those whose SIGCHLD was coalesced: run an owed check).
+                self.process(_core.poller_wait(self.pfd, 0.0))
+                if self.sigchld.check_owed and not pred():
+                    self.sigchld.loss_check()
+            while not pred():
+                remaining = deadline.remaining()  # -1.0: forever
+                if remaining == 0.0:
+                    return False
+                if self.leading:
+                    self.followers += 1
+                    try:
+                        self.cond.wait(None if remaining < 0 else remaining)
+                    finally:
+                        self.followers -= 1
+                    continue
+                self.leading = True
+                self.lock.release()
+                tokens: list[int] = []
+                try:
+                    tokens = _core.poller_wait(self.poller(), remaining)
+                finally:
+                    # Ctrl-C may interrupt acquire() itself: we must hold the
+                    # lock again (and stop leading) before anything propagates.
+                    pending = acquire_uninterruptibly(self.lock)
+                    self.leading = False
+                    if self.pidfd.deferred:
+                        self.pidfd.close_deferred()
+                    if self.followers:
+                        self.cond.notify_all()
+                    if pending is not None:
+                        raise pending
+                self.process(tokens)
+            return True
+
+    def poll_now(self) -> None:
+        """Reap whatever is ready without blocking (for is_alive and asyncio).
+        Not while a leader waits: draining the wake-up descriptor under it
+        would leave it asleep with its news consumed; it reaps promptly."""
+        with self.lock:
+            if self.pfd < 0 or self.closed or self.leading:
+                return
+            self.process(_core.poller_wait(self.pfd, 0.0))
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ChildProcessError("this watcher belongs to the parent process (we are a forked child)")
+
+    def own_fds(self) -> set[int]:
+        """Its process-lifetime descriptors (poller, loss-check timer)."""
+        return {fd for fd in (self.pfd, self.sigchld.tfd) if fd >= 0}
+
+    def close(self) -> None:
+        """Close its descriptors and refuse further use. After fork, in the
+        child: closing our copies of the parent's pidfds and epoll leaves the
+        parent's registrations intact. Also used to retire a watcher that a
+        test or benchmark swapped in (with its children all finished)."""
+        self.closed = True
+        fds = [self.pfd, *self.pidfd.deferred]
+        self.pfd = -1
+        self.pidfd.deferred.clear()
+        fds.extend(self.sigchld.take_fds())
+        fds.extend(self.pidfd_of.values())
+        self.pidfd_of.clear()
+        for fd in dict.fromkeys(fds):  # a fork inside _forget may list one twice
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # never abort the fork hook: the child needs its new watcher
+
+
+def acquire_uninterruptibly(lock: Any) -> BaseException | None:
+    """Take lock even if a signal handler raises (Ctrl-C) while we wait for
+    it; return that exception for the caller to raise once consistent."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return pending
+        except BaseException as e:
+            pending = e
+
+
+_current = Watcher()
+
+
+def current() -> Watcher:
+    """The process-wide watcher (a fresh one after fork, or a swapped one)."""
+    return _current
+
+
+def _successor(old: Watcher, use_pidfd: bool | None = None) -> Watcher:
+    new = Watcher(use_pidfd)
+    new.sigchld.installed = old.sigchld.installed
+    return new
+
+
+@contextlib.contextmanager
+def swapped(use_pidfd: bool | None = None) -> Iterator[Watcher]:
+    """A fresh process-wide watcher for the duration, closed afterwards (for
+    tests and benchmarks; its children must all be finished by then). It
+    sizes its pidfd budget from the current RLIMIT_NOFILE; ``use_pidfd=False``
+    puts every child on the SIGCHLD path."""
+    global _current
+    old = _current
+    new = _successor(old, use_pidfd)
+    _current = new
+    try:
+        yield new
+    finally:
+        _current = old
+        new.close()
+        old.sigchld.installed = new.sigchld.installed
+
+
+def after_fork_in_child() -> None:
+    """The child gets a fresh watcher; the parent's (and its descriptors) are closed."""
+    global _current
+    old = _current
+    _current = _successor(old)  # first: whatever happens below, the child has a working watcher
+    old.close()
