@@ -201,7 +201,11 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
         f"the default when not PID 1 (${ENV_SUBREAPER}=0 turns the default off)",
     )
     sr.add_argument(
-        "--no-subreaper", dest="subreaper", action="store_const", const=False, help="do not become a subreaper"
+        "--no-subreaper",
+        dest="subreaper",
+        action="store_const",
+        const=False,
+        help="do not become a subreaper",
     )
     gr = r.add_mutually_exclusive_group()
     gr.add_argument(
@@ -212,7 +216,9 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
         default=None,
         help=f"start CMD in its own process group and signal the whole group (default ${ENV_GROUP})",
     )
-    gr.add_argument("--no-group", dest="group", action="store_const", const=False, help="override ${ENV_GROUP}=1")
+    gr.add_argument(
+        "--no-group", dest="group", action="store_const", const=False, help=f"override ${ENV_GROUP}=1"
+    )
     r.add_argument(
         "--setsid", action="store_true", help="start CMD in a new session (implies its own process group)"
     )
@@ -528,11 +534,10 @@ class Supervisor:
                     self.log(f"grace period of {self.grace:g}s started")
             if deadline is not None and not killed and time.monotonic() >= deadline:
                 self._reap()
-                if child.returncode is not None:
-                    break
-                self.log(f"pid {child.pid} still running after {self.grace:g}s: SIGKILL")
-                self._send(child, signal.SIGKILL, self.group)
-                self.escalations += 1
+                if child.is_alive():
+                    self.log(f"pid {child.pid} still running after {self.grace:g}s: SIGKILL")
+                    self._send(child, signal.SIGKILL, self.group)
+                    self.escalations += 1
                 killed = True
         status = child.status
         assert status is not None  # returncode is set

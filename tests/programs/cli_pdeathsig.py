@@ -11,10 +11,10 @@ import sys
 import time
 
 out, target = sys.argv[1], sys.argv[2]
+fastreap = [sys.executable, "-m", "fastreap", "run", "--pdeathsig", "USR1", "--grace", "0.3", "--"]
 with open(out, "w") as f:
     p = subprocess.Popen(
-        [sys.executable, "-m", "fastreap", "run", "--pdeathsig", "USR1", "--grace", "0.3", "--"]
-        + [sys.executable, target, "catch-all"],
+        [*fastreap, sys.executable, target, "catch-all"],
         stdin=subprocess.DEVNULL,
         stdout=f,
         stderr=subprocess.DEVNULL,
