@@ -570,10 +570,12 @@ class Supervisor:
             self.log(f"{signame(sig)} from pid {sender} dropped (--rewrite)")
             return False
         if sig == signal.SIGCONT and self.tty_fd >= 0 and not self.setsid:
-            # Resumed by the shell, which gave the terminal to our group:
-            # hand it back to CMD's group (SIGTTOU is blocked, so allowed).
+            # Resumed by the shell's ``fg``, which gave the terminal to our
+            # group: hand it back to CMD's group (SIGTTOU is blocked, so that
+            # is allowed). After ``bg`` the terminal is not ours to give.
             try:
-                os.tcsetpgrp(self.tty_fd, child.pid)
+                if os.tcgetpgrp(self.tty_fd) == os.getpgrp():
+                    os.tcsetpgrp(self.tty_fd, child.pid)
             except OSError:
                 pass
         rewritten = f" as {signame(to)}" if to != sig else ""
