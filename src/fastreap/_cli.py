@@ -55,11 +55,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from . import __version__
-from ._children import reap, set_subreaper, watch
+# Only fastreap's public API (imported from the package, so the layout of the
+# private modules behind it does not matter here).
+from . import __version__, reap, set_subreaper, watch
 
 if TYPE_CHECKING:
-    from ._children import Child
+    from . import Child
 
 JOB_CONTROL: tuple[int, ...] = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 # Never forwarded: uncatchable, or what fastreap itself lives on.
