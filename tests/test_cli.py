@@ -41,19 +41,32 @@ UNSHARE = _unshare_works()
 class Run:
     """One ``fastreap run`` in a child interpreter (optionally as PID 1 of a new PID namespace)."""
 
-    def __init__(self, *args: str, ns: bool = False) -> None:
-        cmd = [sys.executable, "-m", "fastreap", "run", *args]
+    def __init__(
+        self,
+        *args: str,
+        ns: bool = False,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        cmd = [*prefix, sys.executable, "-m", "fastreap", "run", *args]
         if ns:
             cmd = ["unshare", "--pid", "--fork", "--mount-proc", *cmd]
         self.ns = ns
         self.p = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+            cwd=cwd,
         )
 
     @property
     def fastreap_pid(self) -> int:
         """The pid (in our namespace) of the fastreap process."""
-        if not self.ns:
+        if not self.ns:  # a prefix must exec fastreap: the same pid
             return self.p.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # unshare's one child is fastreap
@@ -110,7 +123,10 @@ def test_exit_status_is_cmds(ns: bool, mode: list[str], expected: int) -> None:
 def test_not_found_is_127() -> None:
     rc, _out, err = Run("--", "/nonexistent/fastreap-test-cmd").finish()
     assert rc == 127
-    assert "/nonexistent/fastreap-test-cmd" in err
+    assert "/nonexistent/fastreap-test-cmd: no such file or directory" in err
+    rc, _out, err = Run("--", "fastreap-no-such-command").finish()
+    assert rc == 127
+    assert "fastreap-no-such-command: command not found" in err
 
 
 def test_not_executable_is_126(tmp_path: os.PathLike[str]) -> None:
@@ -121,8 +137,9 @@ def test_not_executable_is_126(tmp_path: os.PathLike[str]) -> None:
     rc, _out, err = Run("--", script).finish()
     assert rc == 126
     assert "Permission denied" in err
-    rc, _out, _err = Run("--", str(tmp_path)).finish()  # a directory
+    rc, _out, err = Run("--", str(tmp_path)).finish()  # a directory
     assert rc == 126
+    assert "is a directory" in err
 
 
 @pytest.mark.parametrize(
@@ -137,13 +154,21 @@ def test_not_executable_is_126(tmp_path: os.PathLike[str]) -> None:
         (["--stop-signal", "NOPE", "--", "true"], "unknown signal"),
         (["--stop-signal", "999", "--", "true"], "no signal number 999"),
         (["--bogus", "--", "true"], "unrecognized arguments"),
+        (["--rewrite", "TERM", "--", "true"], "expected FROM:TO"),
+        (["--rewrite", "TERM:NOPE", "--", "true"], "unknown signal"),
+        (["--rewrite", "CHLD:TERM", "--", "true"], "SIGCHLD is never forwarded"),
+        (["--remap-exit", "256", "--", "true"], "an exit code is 0..255"),
+        (["--remap-exit", "x", "--", "true"], "not an exit code"),
+        (["--pdeathsig", "KILL", "--", "true"], "SIGKILL cannot be forwarded"),
+        (["--subreaper", "--no-subreaper", "--", "true"], "not allowed with argument"),
+        (["--group", "--no-group", "--", "true"], "not allowed with argument"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     rc, _out, err = Run(*args).finish()
     assert rc == 2
     assert message in err
-    assert "usage:" in err
+    assert "usage: fastreap run" in err  # run's own usage, not the top level's
 
 
 def test_no_command_is_usage_error() -> None:
@@ -179,7 +204,7 @@ def test_stop_signal_is_forwarded_and_cmd_exit_code_kept(ns: bool) -> None:
     assert r.line() == f"SIG SIGTERM {cmd_pid}"
     rc, _out, err = r.finish()
     assert rc == 0, err  # CMD exited 0 on its own, within the grace period
-    assert "SIGKILL" not in err
+    assert "0 escalation(s) to SIGKILL" in err and ": SIGKILL" not in err
 
 
 def test_grace_escalates_to_sigkill(ns: bool) -> None:
@@ -214,16 +239,26 @@ def test_group_signals_whole_group(ns: bool) -> None:
     assert f"SIG SIGTERM {child}" in out and f"SIG SIGTERM {leader}" in out
 
 
-def test_group_member_ignoring_sigterm_is_killed_after_grace() -> None:
-    # Not PID 1, no subreaper: the member is not fastreap's child, yet --group
-    # means fastreap does not leave before the group is gone.
-    r = Run("-v", "--group", "--grace", "0.3", "--", sys.executable, TARGET, "group-stubborn")
+@pytest.mark.parametrize("subreaper", [True, False], ids=["subreaper", "no-subreaper"])
+def test_group_member_ignoring_sigterm_is_killed_after_grace(subreaper: bool) -> None:
+    # --group means fastreap does not leave before the group is gone. As a
+    # subreaper (the default) the orphaned member becomes fastreap's child and
+    # is reaped; without one it is not ours: fastreap says what it waits for
+    # and does not wait for its reaping.
+    args = [] if subreaper else ["--no-subreaper"]
+    r = Run("-v", "--group", *args, "--grace", "0.3", "--", sys.executable, TARGET, "group-stubborn")
     ready = dict(r.ready("READY").split()[1:] for _ in range(2))
     r.send(signal.SIGTERM)
     rc, out, err = r.finish()
     assert rc == 0, err  # the leader's code
-    assert f"SIG SIGTERM {ready['child']}" in out
-    assert "still there after 0.3s: SIGKILL" in err
+    member = ready["child"]
+    assert f"SIG SIGTERM {member}" in out
+    assert "after 0.3s: SIGKILL" in err
+    if subreaper:
+        assert f"reaped pid {member} (returncode -{int(signal.SIGKILL)})" in err
+    else:
+        assert "not our children: not reaped here" in err
+        assert f"reaped pid {member}" not in err
 
 
 # -- orphans ---------------------------------------------------------------------------
@@ -231,7 +266,7 @@ def test_group_member_ignoring_sigterm_is_killed_after_grace() -> None:
 
 def _assert_orphan_reaped(out: str, err: str) -> None:
     orphan = int(next(line.split()[1] for line in out.splitlines() if line.startswith("ORPHAN")))
-    assert f"orphan pid {orphan}: SIGTERM" in err, err
+    assert f"leftover pid {orphan}: SIGTERM" in err, err
     assert f"reaped pid {orphan} (returncode -{int(signal.SIGTERM)})" in err, err
 
 
@@ -245,7 +280,7 @@ def test_pid1_reaps_and_stops_daemonized_grandchild() -> None:
     # Pids printed inside the namespace are that namespace's; the log proves
     # fastreap (PID 1) adopted, stopped and reaped it before exiting, and the
     # namespace is gone now that its PID 1 exited.
-    assert f"orphan pid {orphan}: SIGTERM" in err
+    assert f"leftover pid {orphan}: SIGTERM" in err
     assert f"reaped pid {orphan} (returncode -{int(signal.SIGTERM)})" in err
 
 
@@ -264,24 +299,24 @@ def test_orphan_ignoring_sigterm_is_killed_after_grace() -> None:
     rc, out, err = r.finish()
     assert rc == 0, err
     orphan = int(out.split()[1])
-    assert f"orphan pid {orphan}: SIGTERM" in err
-    assert f"orphan pid {orphan}: SIGKILL" in err
+    assert f"leftover pid {orphan}: SIGTERM" in err
+    assert f"leftover pid {orphan}: SIGKILL" in err
     assert f"reaped pid {orphan} (returncode -{int(signal.SIGKILL)})" in err
 
 
 # -- terminal ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("group", [True, False], ids=["group", "same-group"])
+@pytest.mark.parametrize("group", [True, False], ids=["group", "default"])
 def test_terminal_stays_usable_for_cmd(group: bool) -> None:
-    """On a controlling terminal, CMD can read it; with --group its own group
-    is made the foreground group (as tini does), so Ctrl-C and Ctrl-Z reach
-    CMD's group and no SIGTTIN stops it."""
+    """On a controlling terminal, CMD can read it: by default (as tini does)
+    and with --group its own group is made the foreground group, so Ctrl-C
+    and Ctrl-Z reach CMD's group and no SIGTTIN stops it."""
     args = ["--group"] if group else []
     r = subprocess.run(
         [sys.executable, str(PROGRAMS / "cli_tty.py"), *args], capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 0, r.stderr
-    assert f"RESULT FG True OWNGROUP {group}" in r.stdout
+    assert "RESULT FG True OWNGROUP True" in r.stdout
     assert "RESULT GOT hello" in r.stdout
     assert "EXIT 0" in r.stdout

@@ -9,6 +9,10 @@ MODE: exit N            exit with N at once
       group             start a child in the same process group, both print SIG lines
       group-stubborn    the same, but the child (not the leader) ignores SIGTERM
       killself N        kill itself with signal N
+      catch-all         catch every catchable signal but SIGCHLD; print READY, then
+                        SIGNUM <number> per signal (never exits on its own)
+      status            print the SigBlk and SigIgn lines of /proc/self/status; exit 0
+      ids               print IDS <pgrp> <sid> <cwd>, then like catch-all
 """
 
 import os
@@ -41,6 +45,18 @@ def watch_signals(exit_on=(signal.SIGTERM, signal.SIGINT)) -> None:
         signal.SIGWINCH,
     ):
         signal.signal(s, h)
+
+
+def catch_all() -> None:
+    def h(sig, frame):
+        say(f"SIGNUM {sig}")
+
+    for s in signal.valid_signals():
+        if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            signal.signal(s, h)
+    say("READY")
+    while True:
+        signal.pause()
 
 
 if mode == "exit":
@@ -85,5 +101,15 @@ elif mode == "orphan":
     gpid = int(os.read(r, 100).split()[0])
     print(f"ORPHAN {gpid}", flush=True)
     sys.exit(0)
+elif mode == "catch-all":
+    catch_all()
+elif mode == "status":
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("SigBlk", "SigIgn")):
+                print(line.strip(), flush=True)
+elif mode == "ids":
+    say(f"IDS {os.getpgrp()} {os.getsid(0)} {os.getcwd()}")
+    catch_all()
 else:
     sys.exit(f"unknown mode {mode}")
