@@ -215,7 +215,7 @@ def test_stamper_child_stamps_then_exits() -> None:
 
     s = latency._Stamps()
     try:
-        go_r, go_w = os.pipe()
+        go_r, go_w = latency._pipe()
         pid = latency._spawn(exe, go_r, s)
         os.close(go_r)
         s.clear()
@@ -225,7 +225,7 @@ def test_stamper_child_stamps_then_exits() -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         assert s.get() > 0
         # EOF instead of a byte: exit 1, no stamp
-        go_r, go_w = os.pipe()
+        go_r, go_w = latency._pipe()
         pid = latency._spawn(exe, go_r, s)
         os.close(go_r)
         s.clear()

@@ -45,11 +45,19 @@ static int wait_pid_eintr(pid_t pid) {
     return 0;
 }
 
+/* A close-on-exec pipe whose ends are >= 10, so a posix_spawn dup2 onto
+ * 0 or 3 never finds its source already there (stdin may be closed). */
 static int cloexec_pipe(int p[2]) {
-    if (pipe(p) < 0) return -1;
-    fcntl(p[0], F_SETFD, FD_CLOEXEC);
-    fcntl(p[1], F_SETFD, FD_CLOEXEC);
-    return 0;
+    int q[2];
+    if (pipe(q) < 0) return -1;
+    p[0] = fcntl(q[0], F_DUPFD_CLOEXEC, 10);
+    p[1] = fcntl(q[1], F_DUPFD_CLOEXEC, 10);
+    close(q[0]);
+    close(q[1]);
+    if (p[0] >= 0 && p[1] >= 0) return 0;
+    if (p[0] >= 0) close(p[0]);
+    if (p[1] >= 0) close(p[1]);
+    return -1;
 }
 
 /* ---- SIGCHLD self-pipe (the classic C way to wait for children) ---------- */

@@ -196,7 +196,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
     rounds = pick(quick, 5, 2, 1)
     n_fan = pick(quick, 2000, 300, 20)
     n_pool = pick(quick, 1000, 100, 8)
-    n_cf = pick(quick, 100, 16, 8)
+    n_cf = pick(quick, 100, 8, 8)
     n_aio = pick(quick, 2000, 300, 20)
     n_fork = pick(quick, 1000, 200, 10)
     g_fan = f"fan-out {n_fan:,} {TRUE} at {CONC} concurrent, per child"

@@ -13,6 +13,7 @@ for the pidfd cases, a SIGCHLD self-pipe for the SIGCHLD ones.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import select
@@ -54,11 +55,24 @@ CASES: list[tuple[str, str, dict[str, str], str | None, Goal | None]] = [
 LIVES = (1, 16)
 
 
+def _high(fd: int) -> int:
+    """fd moved to >= 10 (close-on-exec), so a posix_spawn dup2 onto 0 or 3
+    never finds its source already there (stdin may be closed)."""
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return new
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    return _high(r), _high(w)
+
+
 class _Stamps:
     """The shared page the stamping child writes (a memfd, passed as fd 3)."""
 
     def __init__(self) -> None:
-        self.fd = os.memfd_create("fastreap-bench-stamp", 0)
+        self.fd = _high(os.memfd_create("fastreap-bench-stamp", 0))
         os.ftruncate(self.fd, 4096)
         self.mm = mmap.mmap(self.fd, 4096)
 
@@ -99,14 +113,14 @@ def _py_loop(
 ) -> list[float]:
     """n samples: spawn the child, register it (before it may exit), let it
     go, block until it is reaped; live - 1 others alive throughout."""
-    idle_r, idle_w = os.pipe()
+    idle_r, idle_w = _pipe()
     others = [_spawn(exe, idle_r, stamps) for _ in range(live - 1)]
     os.close(idle_r)
     out: list[float] = []
     state = setup(others)
     try:
         for _ in range(n):
-            go_r, go_w = os.pipe()
+            go_r, go_w = _pipe()
             stamps.clear()
             pid = _spawn(exe, go_r, stamps)
             os.close(go_r)
@@ -216,14 +230,14 @@ def _fr_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
     import fastreap.aio
 
     async def main() -> list[float]:
-        idle_r, idle_w = os.pipe()
+        idle_r, idle_w = _pipe()
         others = [fastreap.watch(_spawn(exe, idle_r, stamps)) for _ in range(live - 1)]
         os.close(idle_r)
         pending = [asyncio.ensure_future(fastreap.aio.wait(o)) for o in others]
         out: list[float] = []
         try:
             for _ in range(n):
-                go_r, go_w = os.pipe()
+                go_r, go_w = _pipe()
                 stamps.clear()
                 c = fastreap.watch(_spawn(exe, go_r, stamps))
                 os.close(go_r)

@@ -252,7 +252,7 @@ def _fork_cost(quick: bool, progress: Progress) -> list[Result]:
 def run(quick: bool, progress: Progress) -> list[Result]:
     """Run the reaping benchmarks (quick: a few samples each)."""
     n = pick(quick, 60, 10, 2)
-    big = pick(quick, 10000, 10000, 300)
+    big = pick(quick, 10000, 1000, 300)  # > 256: past the pidfd budget under nofile 1,024
     killer = _Killer()
     out: list[Result] = _fork_cost(quick, progress)
     try:

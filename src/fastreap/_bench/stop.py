@@ -139,9 +139,9 @@ def _stdlib_loop(n: int) -> float:
 
 def _mix_rows(quick: bool, progress: Progress) -> list[Result]:
     """Stop N children, 30% ignoring SIGTERM, grace 1 s, by each method."""
-    n = pick(quick, 1000, 200, 10)
+    n = pick(quick, 1000, 100, 10)
     rounds = pick(quick, 3, 1, 1)
-    n_loop = pick(quick, 20, 5, 2)
+    n_loop = pick(quick, 20, 4, 2)
     group = f"stop {n:,} children ({SHARE_IGNORING:.0%} ignore SIGTERM), grace {GRACE:g} s"
     ideal = Result(group, "ideal: grace + SIGKILL & reap all", "s", note="os.kill+os.waitpid loop, measured")
     fr = Result(
@@ -280,7 +280,7 @@ def stagger_case(case: str, n: int) -> float:
 
 
 def _stagger_rows(quick: bool, progress: Progress) -> list[Result]:
-    n = pick(quick, 1000, 200, 10)
+    n = pick(quick, 1000, 100, 10)
     rounds = pick(quick, 5, 1, 1)
     group = (
         f"stop {n:,} fork children, child i exits {STAGGER:g} s*i/{n - 1} after SIGTERM, grace {GRACE:g} s"
