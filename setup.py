@@ -21,7 +21,7 @@ if DEBUG:
 else:
     CFLAGS += ["-O2"]
 
-DIRECTIVES = {"language_level": 3, "freethreading_compatible": True, "embedsignature": True}
+DIRECTIVES = {"language_level": 3, "freethreading_compatible": False, "embedsignature": True}
 
 core = Extension(
     "fastreap._core",

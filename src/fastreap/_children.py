@@ -196,7 +196,10 @@ class _Watcher:
             _core.install(_signal.SIGCHLD, True, True)  # SA_RESTART: exits need not interrupt anyone
             self.sigchld_installed = True
         if self.tfd < 0 and _core.IS_LINUX:
-            fd = _core.timer_open()
+            try:
+                fd = _core.timer_open()
+            except OSError:  # no timerfd (seccomp, gVisor): every SIGCHLD runs the loss check
+                return
             try:
                 _core.poller_add_fd(self._poller(), fd, _CHECK)
             except BaseException:

@@ -51,6 +51,10 @@ void fr_wakefd_drain(int rfd);
 /* Write one wake-up; async-signal-safe. */
 void fr_wakefd_poke(int wfd);
 
+/* Seal a shared flag's memfd (no shrink, no grow, no more seals); 0 or -1
+ * with errno (EINVAL where there are no seals). */
+int fr_memfd_seal(int fd);
+
 /* The process default flag (static memory, so its address never changes). */
 extern fr_flag fr_default_flag;
 

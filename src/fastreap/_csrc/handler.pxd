@@ -25,6 +25,7 @@ cdef extern from "handler.h" nogil:
     int fr_wakefd_open(int *rfd, int *wfd)
     void fr_wakefd_drain(int rfd)
     void fr_wakefd_poke(int wfd)
+    int fr_memfd_seal(int fd)
 
     fr_flag fr_default_flag
 

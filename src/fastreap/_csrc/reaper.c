@@ -1,9 +1,13 @@
 /* reaper.c: the blocking and reaping system calls of fastreap.
  *
  * Everything here is called with the GIL released (Cython `with nogil`), so it
- * touches no Python object. Each call either finishes or returns -1 with errno
- * (EINTR included) so the caller can run Python's signal handlers and go on
- * with the remaining time: no call here retries EINTR by itself.
+ * touches no Python object. The EINTR rule: a call that can block (poll,
+ * epoll_wait, kevent) returns -1 with errno EINTR, so the caller can run
+ * Python's signal handlers and go on with the remaining time; a call that
+ * cannot block (WNOHANG waits, reads of non-blocking descriptors, epoll_ctl)
+ * retries EINTR itself, since going back to Python would gain nothing.
+ * (The benchmark references at the end of this file time whole loops in C
+ * and retry EINTR everywhere; they are not called on any user path.)
  */
 #define _GNU_SOURCE 1
 #include "reaper.h"
@@ -246,9 +250,12 @@ static int use_pidfd(int pidfd) {
     return FASTREAP_LINUX && pidfd >= 0 && !__atomic_load_n(&fr_no_p_pidfd, __ATOMIC_RELAXED);
 }
 
-/* After a P_PIDFD waitid failed: fall back to the pid only for EINVAL. */
+/* After a P_PIDFD waitid failed: was P_PIDFD itself refused? EINVAL from a
+ * kernel without it (5.3), ENOSYS or EPERM from a seccomp filter or sandbox
+ * that filters waitid by its arguments (gVisor, some container runtimes).
+ * Then fall back to the pid, now and from then on. */
 static int p_pidfd_refused(void) {
-    if (errno != EINVAL) return 0;
+    if (errno != EINVAL && errno != ENOSYS && errno != EPERM) return 0;
     __atomic_store_n(&fr_no_p_pidfd, 1, __ATOMIC_RELAXED);
     return 1;
 }
@@ -258,10 +265,13 @@ int fr_peek(int pidfd, int pid, int *code, int *status) {
     memset(&si, 0, sizeof si);
     int r = -1;
     if (use_pidfd(pidfd)) {
-        r = waitid((idtype_t)FR_P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | WNOWAIT);
+        do {
+            r = waitid((idtype_t)FR_P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | WNOWAIT);
+        } while (r < 0 && errno == EINTR);
         if (r < 0 && !p_pidfd_refused()) return -1;
     }
-    if (r < 0 && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
+    while (r < 0 && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        if (errno != EINTR) return -1;
     if (si.si_pid == 0) return 0;
     *code = si.si_code;
     *status = si.si_status;
@@ -271,7 +281,8 @@ int fr_peek(int pidfd, int pid, int *code, int *status) {
 int fr_peek_any(void) {
     siginfo_t si;
     memset(&si, 0, sizeof si);
-    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
+    while (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        if (errno != EINTR) return -1;
     return (int)si.si_pid;
 }
 
@@ -280,7 +291,10 @@ static int reap_by_pid(int pid, fr_exit *out) {
     struct rusage ru;
     int status = 0;
     memset(&ru, 0, sizeof ru);
-    pid_t r = wait4(pid, &status, WNOHANG, &ru);
+    pid_t r;
+    do {
+        r = wait4(pid, &status, WNOHANG, &ru);
+    } while (r < 0 && errno == EINTR);
     if (r < 0) return -1;
     if (r == 0) return 0;
     out->pid = (int)r;
@@ -298,7 +312,11 @@ static int reap_by_pidfd(int pidfd, fr_exit *out) {
     struct rusage ru;
     memset(&si, 0, sizeof si);
     memset(&ru, 0, sizeof ru);
-    if (syscall(SYS_waitid, FR_P_PIDFD, pidfd, &si, WEXITED | WNOHANG, &ru) < 0) return -1;
+    long r;
+    do {
+        r = syscall(SYS_waitid, FR_P_PIDFD, pidfd, &si, WEXITED | WNOHANG, &ru);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return -1;
     if (si.si_pid == 0) return 0;
     out->pid = (int)si.si_pid;
     /* Back to a wait status, so both reaping paths decode alike. */
@@ -330,7 +348,6 @@ int fr_reap_all(fr_exit *out, int max) {
     while (n < max) {
         int r = reap_by_pid(-1, &out[n]);
         if (r < 0) {
-            if (errno == EINTR) continue;
             if (errno == ECHILD) break;
             return n ? n : -1;
         }
