@@ -28,6 +28,10 @@ core = Extension(
     sources=[
         "src/fastreap/_core.pyx",
         "src/fastreap/_csrc/handler.c",
+        "src/fastreap/_csrc/reap.c",
+        # One backend each, wholly guarded by its platform's #if.
+        "src/fastreap/_csrc/poller_epoll.c",
+        "src/fastreap/_csrc/poller_kqueue.c",
         "src/fastreap/_csrc/reaper.c",
     ],
     include_dirs=["src/fastreap/_csrc"],

@@ -39,4 +39,9 @@
 #define FASTREAP_APPLE 0
 #endif
 
+/* One backend file per platform (poller_epoll.c, poller_kqueue.c). */
+#if !FASTREAP_LINUX && !FASTREAP_APPLE
+#error "fastreap supports Linux and macOS only"
+#endif
+
 #endif /* FASTREAP_COMPAT_H */
