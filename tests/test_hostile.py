@@ -78,8 +78,9 @@ def run(
 # ------------------------------------------------- 12.1: restore what is ours
 
 
-def test_restore_leaves_a_newer_python_handler() -> None:
-    rc, res, out = run("restore_python")
+@pytest.mark.parametrize("exit", [False, True])
+def test_restore_leaves_a_newer_python_handler(exit: bool) -> None:
+    rc, res, out = run("restore_python", "exit" if exit else "")
     assert rc == 0, out  # -SIGUSR1 when restore put back SIG_DFL over the Python handler
     assert res == {"got": [10], "handler_is_ours": False}
 
@@ -181,3 +182,17 @@ def test_shared_flag_without_memfd(faultshim: str, err: str) -> None:
     assert res["forked"] and res["spawned"] and res["spawned_code"] == 0, out
     assert res["process_code"] is not None and res["process_code"] != -9, out
     assert not any("memfd" in k for k in res["fd_kinds"]), out  # the fallback was taken
+
+
+def test_no_pidfd_and_no_timerfd_takes_the_sigchld_path(faultshim: str) -> None:
+    """A kernel before 5.3 (or a sandbox) with no timerfd either: auto picks
+    the SIGCHLD path and it works (covers the shim's syscall() interception)."""
+    rc, res, out = run(
+        "wait_one",
+        "sleep 0.2; exit 7",
+        shim=faultshim,
+        fault="pidfd_open=ENOSYS,timerfd_create=ENOSYS",
+        FASTREAP_BACKEND="auto",
+    )
+    assert rc == 0, out
+    assert res == {"code": 7, "code2": 3, "popen": 7, "zombie": None, "backend": "sigchld"}, out

@@ -378,9 +378,21 @@ def save(int signo):
         _raise_errno()
 
 
-def restore(int signo):
-    if fr_restore(signo) < 0:
+def restore(int signo, put_back=None):
+    """Forget the saved disposition of signo and put it back: when put_back
+    is None, only if fastreap's handler is still the installed one (a newer
+    handler, from signal.signal or a C library, stays)."""
+    if fr_restore(signo, -1 if put_back is None else (1 if put_back else 0)) < 0:
         _raise_errno()
+
+
+def handler_installed(int signo):
+    """Whether fastreap's handler is installed for signo right now (asks the
+    kernel, unlike is_installed, which reads fastreap's books)."""
+    cdef int r = fr_handler_installed(signo)
+    if r < 0:
+        _raise_errno()
+    return r != 0
 
 
 def is_installed(int signo):

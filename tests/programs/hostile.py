@@ -28,10 +28,14 @@ def result(**kw: object) -> None:
     print("RESULT", json.dumps(kw), flush=True)
 
 
-def restore_python() -> None:
-    """restore_signals() after signal.signal(): the newer Python handler stays."""
+def restore_python(exit: str = "") -> None:
+    """restore_signals() after signal.signal(): the newer Python handler stays
+    (with exit=True too, where fastreap had set a Python-level handler itself)."""
     got = []
-    fastreap.handle_signals(signal.SIGUSR1, fastreap.StopFlag())
+    if exit:
+        fastreap.handle_signals(signal.SIGUSR1, exit=True)
+    else:
+        fastreap.handle_signals(signal.SIGUSR1, fastreap.StopFlag())
     signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
     fastreap.restore_signals()
     os.kill(os.getpid(), signal.SIGUSR1)

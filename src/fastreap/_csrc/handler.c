@@ -292,7 +292,17 @@ int fr_install(int signo, int restart, int chain) {
     return 0;
 }
 
-int fr_restore(int signo) {
+int fr_handler_installed(int signo) {
+    struct sigaction cur;
+    if (!valid_signo(signo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (sigaction(signo, NULL, &cur) < 0) return -1;
+    return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fr_handler;
+}
+
+int fr_restore(int signo, int put_back) {
     if (!valid_signo(signo)) {
         errno = EINVAL;
         return -1;
@@ -303,11 +313,11 @@ int fr_restore(int signo) {
      * library, ctypes), theirs is newer than what we saved: leave it alone
      * and just forget our state. (A replacement racing between the query and
      * the set cannot be excluded: sigaction has no compare-and-swap.) */
-    struct sigaction cur;
-    if (sigaction(signo, NULL, &cur) < 0) return -1;
-    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fr_handler &&
-        sigaction(signo, &fr_saved[signo], NULL) < 0)
-        return -1;
+    if (put_back < 0) {
+        put_back = fr_handler_installed(signo);
+        if (put_back < 0) return -1;
+    }
+    if (put_back && sigaction(signo, &fr_saved[signo], NULL) < 0) return -1;
     STORE(&fr_exit_mode[signo], 0);
     STORE(&fr_chain_kind[signo], 0);
     fr_saved_valid[signo] = 0;
