@@ -24,7 +24,9 @@ objects it found):
   callback that calls ``transport._process_exited`` one loop iteration later,
   as 3.10/3.11's watcher callback does). This is the one method every version
   3.10-3.14 shares with the same signature, including 3.14 which has no child
-  watchers. Other loops (uvloop) are not touched.
+  watchers. Other loops (uvloop) are not touched, and on 3.10-3.13 a child
+  watcher chosen explicitly with ``asyncio.set_child_watcher`` (anything but
+  the default ``ThreadedChildWatcher``) is respected: the stdlib code runs.
 
 A child reaped behind the watcher's back (``ChildLostError``) falls back to
 the stdlib code, which then behaves as it always did (``Popen`` reports 0
@@ -42,7 +44,7 @@ import threading
 from asyncio import unix_events
 from typing import Any
 
-from . import aio
+from . import _children, aio
 from ._children import Child, ChildLostError, watch
 
 __all__ = ["install", "installed", "uninstall"]
@@ -52,6 +54,9 @@ _installed = False
 _MISSING = object()
 _saved: dict[tuple[type, str], Any] = {}
 _ATTR = "_fastreap_installed_watch"  # (pid of the watching process, Child)
+# Bound once: tests (CPython's test_subprocess) replace subprocess.Popen with
+# subclasses; the methods patched are the real class's.
+_Popen = subprocess.Popen
 
 
 def _watched(obj: Any) -> Child | None:
@@ -70,7 +75,10 @@ def _orig(cls: type, name: str) -> Any:
 
 
 def _popen_execute_child(self: Any, *args: Any, **kwargs: Any) -> None:
-    _orig(subprocess.Popen, "_execute_child")(self, *args, **kwargs)
+    # What subprocess._cleanup() does for dropped Popens (it never sees ours:
+    # the watcher holds them): reap children that exited meanwhile, O(ready).
+    _children._get_watcher().poll_now()
+    _orig(_Popen, "_execute_child")(self, *args, **kwargs)
     try:
         self.__dict__[_ATTR] = (os.getpid(), watch(self))
     except ChildProcessError:
@@ -90,7 +98,7 @@ def _popen_wait(self: Any, timeout: float | None) -> int:
             if self.returncode is None:  # pragma: no cover - the watcher writes it back first
                 self.returncode = rc
             return rc
-    r: int = _orig(subprocess.Popen, "_wait")(self, timeout)
+    r: int = _orig(_Popen, "_wait")(self, timeout)
     return r
 
 
@@ -100,7 +108,7 @@ def _popen_internal_poll(self: Any, _deadstate: Any = None, *args: Any, **kwargs
         c.is_alive()  # reaps it (and writes returncode back) if it has exited
         if not c.lost:
             return self.returncode  # type: ignore[no-any-return]
-    r: int | None = _orig(subprocess.Popen, "_internal_poll")(self, _deadstate, *args, **kwargs)
+    r: int | None = _orig(_Popen, "_internal_poll")(self, _deadstate, *args, **kwargs)
     return r
 
 
@@ -168,6 +176,11 @@ async def _make_subprocess_transport(
     extra: Any = None,
     **kwargs: Any,
 ) -> Any:
+    if _user_watcher():
+        r = await _orig(unix_events._UnixSelectorEventLoop, "_make_subprocess_transport")(  # type: ignore[attr-defined]
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
+        )
+        return r
     waiter = self.create_future()
     transp = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
@@ -182,6 +195,15 @@ async def _make_subprocess_transport(
         await transp._wait()
         raise
     return transp
+
+
+def _user_watcher() -> bool:
+    """3.10-3.13: a child watcher other than the default ThreadedChildWatcher
+    was chosen (``asyncio.set_child_watcher``): respect it. 3.14 has none."""
+    policy = asyncio.events._event_loop_policy  # type: ignore[attr-defined]
+    w = getattr(policy, "_watcher", None)
+    threaded = getattr(unix_events, "ThreadedChildWatcher", None)
+    return w is not None and threaded is not None and type(w) is not threaded
 
 
 def _deliver_exit(loop: asyncio.AbstractEventLoop, transp: Any) -> None:
@@ -223,9 +245,9 @@ def _deliver_exit(loop: asyncio.AbstractEventLoop, transp: Any) -> None:
 # -- install / uninstall ----------------------------------------------------
 
 _PATCHES: list[tuple[type, str, Any]] = [
-    (subprocess.Popen, "_execute_child", _popen_execute_child),
-    (subprocess.Popen, "_wait", _popen_wait),
-    (subprocess.Popen, "_internal_poll", _popen_internal_poll),
+    (_Popen, "_execute_child", _popen_execute_child),
+    (_Popen, "_wait", _popen_wait),
+    (_Popen, "_internal_poll", _popen_internal_poll),
     (multiprocessing.process.BaseProcess, "start", _mp_start),
     (multiprocessing.popen_fork.Popen, "wait", _mp_wait),
     (multiprocessing.popen_fork.Popen, "poll", _mp_poll),
