@@ -77,6 +77,7 @@ def run_mp_subset() -> int:
     print(f"peer_suites: test_multiprocessing_fork subset: {result.testsRun} tests", flush=True)
     return 0 if result.wasSuccessful() else 1
 
+
 # Bound before the suites run: test_subprocess patches subprocess.Popen to
 # record the instances its code under test creates; the churn must not show up.
 _Popen = subprocess.Popen

@@ -78,13 +78,13 @@ def test_install_uninstall_idempotent_and_restores_the_very_originals() -> None:
     fastreap.install()
     try:
         after = _snapshot()
-        assert all(a is not b for a, b in zip(after, before))
+        assert all(a is not b for a, b in zip(after, before, strict=True))
         assert _install.installed()
     finally:
         fastreap.uninstall()
     fastreap.uninstall()
     now = _snapshot()
-    assert all(a is b for a, b in zip(now, before))
+    assert all(a is b for a, b in zip(now, before, strict=True))
     assert not _install.installed()
 
 
@@ -104,7 +104,7 @@ def test_install_uninstall_from_many_threads() -> None:
         t.join()
     fastreap.install()
     fastreap.uninstall()
-    assert all(a is b for a, b in zip(_snapshot(), before))
+    assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
 
 
 # ---- subprocess ---------------------------------------------------------------

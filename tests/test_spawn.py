@@ -29,7 +29,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def test_spawn_is_a_real_popen_with_pipes_env_cwd(backend: str, tmp_path: object) -> None:
     c = fastreap.spawn(
-        [sys.executable, "-c", "import os,sys; print(os.environ['X'], os.getcwd()); sys.stdin.read(); sys.exit(3)"],
+        [
+            sys.executable,
+            "-c",
+            "import os,sys; print(os.environ['X'], os.getcwd()); sys.stdin.read(); sys.exit(3)",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "X": "hello"},
@@ -91,7 +95,10 @@ def test_spawn_bad_input_leaves_nothing() -> None:
 
 
 def test_run_all_yields_each_index_once_with_its_true_status(backend: str) -> None:
-    cmds = [["/bin/sh", "-c", f"exit {i}"] for i in range(20)] + [["/bin/sh", "-c", "kill -9 $$"], "/bin/true"]
+    cmds = [["/bin/sh", "-c", f"exit {i}"] for i in range(20)] + [
+        ["/bin/sh", "-c", "kill -9 $$"],
+        "/bin/true",
+    ]
     got = dict(fastreap.run_all(cmds, max_concurrent=4))
     assert sorted(got) == list(range(22))
     for i in range(20):

@@ -36,6 +36,7 @@ after ECHILD).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import multiprocessing.popen_fork
 import multiprocessing.process
 import os
@@ -57,6 +58,9 @@ _ATTR = "_fastreap_installed_watch"  # (pid of the watching process, Child)
 # Bound once: tests (CPython's test_subprocess) replace subprocess.Popen with
 # subclasses; the methods patched are the real class's.
 _Popen = subprocess.Popen
+# Set while asyncio's own code (an explicitly chosen child watcher) starts a
+# child: that watcher reaps it, fastreap must not watch it.
+_unwatched: contextvars.ContextVar[bool] = contextvars.ContextVar("fastreap_unwatched", default=False)
 
 
 def _watched(obj: Any) -> Child | None:
@@ -79,6 +83,8 @@ def _popen_execute_child(self: Any, *args: Any, **kwargs: Any) -> None:
     # the watcher holds them): reap children that exited meanwhile, O(ready).
     _children._get_watcher().poll_now()
     _orig(_Popen, "_execute_child")(self, *args, **kwargs)
+    if _unwatched.get():
+        return
     try:
         self.__dict__[_ATTR] = (os.getpid(), watch(self))
     except ChildProcessError:
@@ -107,12 +113,13 @@ def _popen_internal_poll(self: Any, _deadstate: Any = None, *args: Any, **kwargs
     if c is not None and self.returncode is None and not c.lost:
         c.is_alive()  # reaps it (and writes returncode back) if it has exited
         if not c.lost:
-            return self.returncode  # type: ignore[no-any-return]
+            return self.returncode
     r: int | None = _orig(_Popen, "_internal_poll")(self, _deadstate, *args, **kwargs)
     return r
 
 
 # -- multiprocessing --------------------------------------------------------
+
 
 def _mp_start(self: Any) -> None:
     _orig(multiprocessing.process.BaseProcess, "start")(self)
@@ -140,7 +147,7 @@ def _mp_wait(self: Any, timeout: float | None = None) -> int | None:
         except ChildLostError:
             pass
         else:
-            return self.returncode  # type: ignore[no-any-return]
+            return self.returncode
     r: int | None = _orig(multiprocessing.popen_fork.Popen, "wait")(self, timeout)
     return r
 
@@ -156,7 +163,7 @@ def _mp_poll(self: Any, flag: int = os.WNOHANG) -> int | None:
         except ChildLostError:
             pass
         if not c.lost:
-            return self.returncode  # type: ignore[no-any-return]
+            return self.returncode
     r: int | None = _orig(multiprocessing.popen_fork.Popen, "poll")(self, flag)
     return r
 
@@ -177,10 +184,13 @@ async def _make_subprocess_transport(
     **kwargs: Any,
 ) -> Any:
     if _user_watcher():
-        r = await _orig(unix_events._UnixSelectorEventLoop, "_make_subprocess_transport")(  # type: ignore[attr-defined]
-            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
-        )
-        return r
+        token = _unwatched.set(True)
+        try:
+            return await _orig(unix_events._UnixSelectorEventLoop, "_make_subprocess_transport")(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
+            )
+        finally:
+            _unwatched.reset(token)
     waiter = self.create_future()
     transp = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
@@ -221,10 +231,7 @@ def _deliver_exit(loop: asyncio.AbstractEventLoop, transp: Any) -> None:
 
     def exited() -> None:
         unsubscribe()
-        if c.lost:
-            rc = proc.returncode if proc.returncode is not None else 255
-        else:
-            rc = c.returncode
+        rc = c.returncode if not c.lost else (proc.returncode if proc.returncode is not None else 255)
         if not loop.is_closed():
             transp._process_exited(rc)
 
@@ -251,7 +258,7 @@ _PATCHES: list[tuple[type, str, Any]] = [
     (multiprocessing.process.BaseProcess, "start", _mp_start),
     (multiprocessing.popen_fork.Popen, "wait", _mp_wait),
     (multiprocessing.popen_fork.Popen, "poll", _mp_poll),
-    (unix_events._UnixSelectorEventLoop, "_make_subprocess_transport", _make_subprocess_transport),  # type: ignore[attr-defined]
+    (unix_events._UnixSelectorEventLoop, "_make_subprocess_transport", _make_subprocess_transport),
 ]
 
 
@@ -265,7 +272,7 @@ def install() -> None:
     with _lock:
         if _installed:
             return
-        for cls, name, fn in _PATCHES:
+        for cls, name, _fn in _PATCHES:
             _saved[(cls, name)] = cls.__dict__.get(name, _MISSING)
         for cls, name, fn in _PATCHES:
             setattr(cls, name, fn)

@@ -56,7 +56,7 @@ _log = logging.getLogger("fastreap")
 # After shutdown's timeout (or at the end, for workers that do not leave on
 # their own), workers get SIGTERM and, this much later, SIGKILL.
 _STOP_GRACE = 1.0
-_dumps = multiprocessing.reduction.ForkingPickler.dumps  # type: ignore[attr-defined]
+_dumps = multiprocessing.reduction.ForkingPickler.dumps
 
 
 class WorkerDiedError(BrokenProcessPool):
@@ -233,7 +233,9 @@ class ProcessPoolExecutor(Executor):
         self._wake()
         return f
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Stop accepting tasks; let the queued and running ones finish (the
         queued ones are cancelled with ``cancel_futures=True``), then let the
         workers go (``graceful_stop``). ``timeout`` (seconds, None: no limit)
@@ -324,7 +326,9 @@ class ProcessPoolExecutor(Executor):
             self._reap_exits()
             self._dispatch()
             with self._lock:
-                finished = self._shutdown and not self._queue and all(x.task is None for x in self._workers.values())
+                finished = (
+                    self._shutdown and not self._queue and all(x.task is None for x in self._workers.values())
+                )
             if finished:
                 self._retire_all()
                 if not self._workers:
@@ -419,7 +423,7 @@ class ProcessPoolExecutor(Executor):
         ctx = self._ctx
         task_r, task_w = ctx.Pipe(duplex=False)
         res_r, res_w = ctx.Pipe(duplex=False)
-        p = ctx.Process(
+        p = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main,
             args=(task_r, res_w, self._initializer, self._initargs, self._limit),
             daemon=True,
