@@ -42,8 +42,18 @@ INSTALL_TESTS = ["test_subprocess", "test_asyncio.test_subprocess"]
 # Popen started under install() until its child exits, so dropping a running
 # one neither warns "still running" (ResourceWarning) from __del__ nor puts it
 # in subprocess._active (fastreap reaps it instead, at the next wait/poll or
-# Popen()). These two tests assert exactly that stdlib bookkeeping.
-INSTALL_IGNORE = ["test_zombie_fast_process_del", "test_leak_fast_process_del_killed"]
+# Popen()). These two tests assert exactly that stdlib bookkeeping. And a
+# watched child that has already exited when it is watched (fast /bin/true
+# under posix_spawn) gets its returncode at once, before any poll():
+# test_broken_pipe_cleanup asserts it is still None, and test_stopped and
+# test_send_signal_race reap such a child by hand (os.waitpid(proc.pid)).
+INSTALL_IGNORE = [
+    "test_zombie_fast_process_del",
+    "test_leak_fast_process_del_killed",
+    "test_broken_pipe_cleanup",
+    "test_stopped",
+    "test_send_signal_race",
+]
 # test_multiprocessing_fork whole takes tens of minutes; these classes cover
 # what install() changes (start, join, is_alive, exitcode, terminate/kill,
 # sentinels, pools with maxtasksperchild) in a few minutes.
