@@ -118,6 +118,8 @@ def test_popen_wait_timeout_goes_through_the_watcher(backend: str) -> None:
         p.wait(timeout=0.01)
     assert ei.value.timeout == 0.01 and ei.value.cmd == p.args
     assert p.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.wait(timeout=-1)  # as the stdlib: expired at once
     assert p.wait(timeout=10) == 4
     assert p.returncode == 4 and p.poll() == 4
     assert _reaped() == r0 + 1  # fastreap reaped it (with rusage), not waitpid in Popen
@@ -186,6 +188,8 @@ def test_process_join_timeout_through_the_watcher(method: str) -> None:
     p.start()
     p.join(0.05)
     assert p.exitcode is None and p.is_alive()
+    p.join(-1)  # the stdlib's join(0), not an error
+    assert p.exitcode is None
     p.kill()
     p.join(10)
     assert p.exitcode == -signal.SIGKILL

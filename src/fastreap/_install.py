@@ -95,7 +95,8 @@ def _popen_wait(self: Any, timeout: float | None) -> int:
     c = _watched(self)
     if c is not None and self.returncode is None:
         try:
-            rc = c.wait(timeout)
+            # The stdlib treats a negative timeout as 0 (TimeoutExpired at once).
+            rc = c.wait(None if timeout is None else max(0.0, timeout))
         except ChildLostError:
             pass
         else:
@@ -143,7 +144,7 @@ def _mp_wait(self: Any, timeout: float | None = None) -> int | None:
     c = _watched(self)
     if c is not None and self.returncode is None:
         try:
-            c.wait(timeout)
+            c.wait(None if timeout is None else max(0.0, timeout))  # join(-1) means join(0)
         except ChildLostError:
             pass
         else:
