@@ -71,11 +71,15 @@ MP_CLASSES = [
 
 def run_mp_subset() -> int:
     """The MP_CLASSES of test_multiprocessing_fork, through unittest."""
+    import types
     import unittest
 
     import test._test_multiprocessing as tm
 
-    ns: dict[str, object] = {"__name__": "test_multiprocessing_fork_subset"}
+    # A real module: Pool tests pickle bound methods of these classes.
+    mod = types.ModuleType("test_multiprocessing_fork_subset")
+    sys.modules[mod.__name__] = mod
+    ns: dict[str, object] = mod.__dict__
     tm.install_tests_in_module_dict(ns, "fork", only_type=None)
     loader = unittest.TestLoader()
     suite = unittest.TestSuite(loader.loadTestsFromTestCase(ns[name]) for name in MP_CLASSES)  # type: ignore[arg-type]
