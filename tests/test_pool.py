@@ -15,16 +15,6 @@ from typing import Any
 import pytest
 
 import fastreap
-from fastreap import _children
-
-
-@pytest.fixture(params=["pidfd", "sigchld"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both watcher backends (same as test_children's; drop once conftest has it)."""
-    if request.param == "pidfd" and not _children._Watcher().use_pidfd:
-        pytest.skip("no pidfd on this kernel")
-    with _children._swapped_watcher(use_pidfd=request.param == "pidfd"):
-        yield request.param
 
 
 # (start method, max_tasks_per_child): fork-per-task, long-lived fork, spawn

@@ -12,16 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import fastreap
-from fastreap import _children, _core
-
-
-@pytest.fixture(params=["pidfd", "sigchld"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both watcher backends (same as test_children's; drop once conftest has it)."""
-    if request.param == "pidfd" and not _children._Watcher().use_pidfd:
-        pytest.skip("no pidfd on this kernel")
-    with _children._swapped_watcher(use_pidfd=request.param == "pidfd"):
-        yield request.param
+from fastreap import _core
 
 
 # ---- spawn ------------------------------------------------------------------

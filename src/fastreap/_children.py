@@ -96,8 +96,8 @@ class Child:
     def popen(self) -> subprocess.Popen[Any] | None:
         """The ``subprocess.Popen`` it watches (``fastreap.spawn``,
         ``watch(popen)``), else None."""
-        t = self._target
-        return t if isinstance(t, _Popen) else None
+        t = getattr(self._owner, "target", None)
+        return t if is_popen(t) else None
 
     @property
     def lost(self) -> bool:

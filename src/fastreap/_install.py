@@ -45,7 +45,7 @@ import threading
 from asyncio import unix_events
 from typing import Any
 
-from . import _children, aio
+from . import _watcher, aio
 from ._children import Child, ChildLostError, watch
 
 __all__ = ["install", "installed", "uninstall"]
@@ -81,7 +81,7 @@ def _orig(cls: type, name: str) -> Any:
 def _popen_execute_child(self: Any, *args: Any, **kwargs: Any) -> None:
     # What subprocess._cleanup() does for dropped Popens (it never sees ours:
     # the watcher holds them): reap children that exited meanwhile, O(ready).
-    _children._get_watcher().poll_now()
+    _watcher.current().poll_now()
     _orig(_Popen, "_execute_child")(self, *args, **kwargs)
     if _unwatched.get():
         return
@@ -228,7 +228,12 @@ def _deliver_exit(loop: asyncio.AbstractEventLoop, transp: Any) -> None:
         # watchers report for a child they cannot wait for.
         loop.call_soon(transp._process_exited, proc.returncode if proc.returncode is not None else 255)
         return
-    _fd, _cb, unsubscribe = aio._watcher_reader(loop)
+    w = _watcher.current()
+    wfd = w.fileno()
+    aio._mux(loop).add(wfd, w.poll_now)
+
+    def unsubscribe() -> None:
+        aio._mux(loop).remove(wfd, w.poll_now)
 
     def exited() -> None:
         unsubscribe()

@@ -46,7 +46,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from . import _children, _core
+from . import _core, _watcher
 from ._children import ALL_EXITED, Child, ExitStatus, graceful_stop, wait, watch
 
 __all__ = ["Pool", "ProcessPoolExecutor", "WorkerDiedError"]
@@ -304,9 +304,8 @@ class ProcessPoolExecutor(Executor):
         sel = selectors.DefaultSelector()
         self._sel = sel
         sel.register(self._wake_r, selectors.EVENT_READ, None)
-        w = _children._get_watcher()
-        with w.lock:
-            pfd = w._poller()
+        w = _watcher.current()
+        pfd = w.fileno()
         sel.register(pfd, selectors.EVENT_READ, w)
         try:
             self._loop(sel, w)

@@ -22,8 +22,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from . import _children, _core
+from . import _core, _watcher
 from ._children import Child, ChildLostError, ExitStatus, graceful_stop, watch
+from ._deadline import Deadline
 from ._flags import stop_requested
 
 __all__ = ["run_all", "spawn"]
@@ -110,12 +111,11 @@ def _run_all(cmds: list[Any], cap: int, timeout: float | None) -> Iterator[tuple
             if not running or stop_requested():
                 return
             if not finished:
-                remaining = -1.0
-                if deadline is not None:
-                    remaining = max(0.0, deadline - time.monotonic())
                 # Wakes on a child's exit and on a handled signal (the C
                 # handler pokes the watcher's wake-up descriptor).
-                _children._get_watcher().wait_until(lambda: bool(finished) or stop_requested(), remaining)
+                _watcher.current().wait_until(
+                    lambda: bool(finished) or stop_requested(), Deadline(deadline)
+                )
                 if not finished and not stop_requested():
                     raise TimeoutError(
                         f"run_all: {len(running) + len(cmds) - nxt} of {len(cmds)} commands did not "
