@@ -8,7 +8,6 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
