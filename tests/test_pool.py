@@ -15,7 +15,6 @@ import pytest
 
 import fastreap
 
-
 # (start method, max_tasks_per_child): fork-per-task, long-lived fork, spawn
 MODES = [("fork", 1), ("fork", None), ("spawn", 2)]
 

@@ -13,7 +13,6 @@ import pytest
 import fastreap
 from fastreap import _core
 
-
 # ---- spawn ------------------------------------------------------------------
 
 

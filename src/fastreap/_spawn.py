@@ -113,9 +113,7 @@ def _run_all(cmds: list[Any], cap: int, timeout: float | None) -> Iterator[tuple
             if not finished:
                 # Wakes on a child's exit and on a handled signal (the C
                 # handler pokes the watcher's wake-up descriptor).
-                _watcher.current().wait_until(
-                    lambda: bool(finished) or stop_requested(), Deadline(deadline)
-                )
+                _watcher.current().wait_until(lambda: bool(finished) or stop_requested(), Deadline(deadline))
                 if not finished and not stop_requested():
                     raise TimeoutError(
                         f"run_all: {len(running) + len(cmds) - nxt} of {len(cmds)} commands did not "
