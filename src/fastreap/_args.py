@@ -118,7 +118,7 @@ def not_a_child(pid: int, name: str, *, ours: bool = False) -> ChildProcessError
             f"{name}: pid {pid} does not exist (if it was a child of this process, "
             f"it was already reaped {reaped})"
         )
-    if ppid is not None and ppid != os.getpid():
+    if ppid and ppid != os.getpid():  # 0: started by the kernel (pid 1, kthreadd)
         return ChildProcessError(
             f"{name}: pid {pid} is not a child of this process (its parent is {ppid})"
         )
