@@ -110,7 +110,7 @@ def test_stop_report_docstring_documents_every_field() -> None:
 
 def test_public_type_names() -> None:
     assert typing.get_args(fastreap.ReturnWhen) == ("FIRST_EXITED", "ALL_EXITED")
-    assert (fastreap.FIRST_EXITED, fastreap.ALL_EXITED) == typing.get_args(fastreap.ReturnWhen)
+    assert typing.get_args(fastreap.ReturnWhen) == (fastreap.FIRST_EXITED, fastreap.ALL_EXITED)
     hints = typing.get_type_hints(fastreap.graceful_stop)  # every name in the signature resolves
     assert hints["return"] is fastreap.StopReport
     assert "Target" in fastreap.__all__ and "Counters" in fastreap.__all__
@@ -207,7 +207,9 @@ def test_a_popen_reaped_behind_our_back_was_already_reaped() -> None:
     p = subprocess.Popen(["true"])
     os.waitpid(p.pid, 0)
     for call, arg in ((fastreap.watch, "target"), (fastreap.graceful_stop, "targets")):
-        with pytest.raises(ChildProcessError, match=rf"^{arg}: pid {p.pid} was already reaped \(by os.waitpid"):
+        with pytest.raises(
+            ChildProcessError, match=rf"^{arg}: pid {p.pid} was already reaped \(by os.waitpid"
+        ):
             call(p)
     p.wait()  # ECHILD: the stdlib's silent 0
 
@@ -217,7 +219,8 @@ def test_asyncio_process_says_what_to_do() -> None:
         proc = await asyncio.create_subprocess_exec(shutil.which("true") or "/bin/true")
         try:
             with pytest.raises(
-                TypeError, match=r"^child: asyncio\.subprocess\.Process is not supported: .*await process\.wait\(\)"
+                TypeError,
+                match=r"^child: asyncio\.subprocess\.Process is not supported: .*await process\.wait\(\)",
             ):
                 await aio.wait(proc)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match=r"^target: asyncio\.subprocess\.Process is not supported"):

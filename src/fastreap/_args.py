@@ -119,9 +119,7 @@ def not_a_child(pid: int, name: str, *, ours: bool = False) -> ChildProcessError
             f"it was already reaped {reaped})"
         )
     if ppid and ppid != os.getpid():  # 0: started by the kernel (pid 1, kthreadd)
-        return ChildProcessError(
-            f"{name}: pid {pid} is not a child of this process (its parent is {ppid})"
-        )
+        return ChildProcessError(f"{name}: pid {pid} is not a child of this process (its parent is {ppid})")
     return ChildProcessError(f"{name}: pid {pid} is not a child of this process")
 
 
