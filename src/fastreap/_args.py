@@ -109,14 +109,16 @@ def not_a_child(pid: int, name: str, *, ours: bool = False) -> ChildProcessError
     reaped, if it was ours), or some other process's child."""
     if pid == os.getpid():
         return ChildProcessError(f"{name}: pid {pid} is this process itself, not a child of it")
-    reaped = "(by os.waitpid or another waiter), so its exit status is lost"
     exists, ppid = _exists(pid)
     if not exists:
         if ours:
-            return ChildProcessError(f"{name}: pid {pid} was already reaped {reaped}")
+            return ChildProcessError(
+                f"{name}: pid {pid} was already reaped by something else (os.waitpid or "
+                "another waiter), so its exit status is lost"
+            )
         return ChildProcessError(
-            f"{name}: pid {pid} does not exist (if it was a child of this process, "
-            f"it was already reaped {reaped})"
+            f"{name}: pid {pid} does not exist (if it was a child of this process, something "
+            "else already reaped it: os.waitpid or another waiter)"
         )
     if ppid and ppid != os.getpid():  # 0: started by the kernel (pid 1, kthreadd)
         return ChildProcessError(f"{name}: pid {pid} is not a child of this process (its parent is {ppid})")
