@@ -60,7 +60,10 @@ from ._flags import (
     restore_signals,
     stop_requested,
 )
+from ._install import install, uninstall
+from ._pool import Pool, ProcessPoolExecutor, WorkerDiedError
 from ._process import Process
+from ._spawn import run_all, spawn
 
 __all__ = [
     "ALL_EXITED",
@@ -69,23 +72,30 @@ __all__ = [
     "ChildLostError",
     "Counters",
     "ExitStatus",
+    "Pool",
     "Process",
+    "ProcessPoolExecutor",
     "ReturnWhen",
     "StopFlag",
     "StopReport",
     "Stopped",
     "Target",
+    "WorkerDiedError",
     "__version__",
     "counters",
     "graceful",
     "graceful_stop",
     "handle_signals",
+    "install",
     "kill",
     "reap",
     "restore_signals",
+    "run_all",
     "set_subreaper",
+    "spawn",
     "stop_requested",
     "terminate",
+    "uninstall",
     "wait",
     "watch",
 ]

@@ -124,6 +124,14 @@ class Child:
         self._refresh()
         return None if self._status is None else self._status.returncode
 
+    # h-spawner (issue 13): the Popen behind fastreap.spawn()/watch(popen).
+    @property
+    def popen(self) -> subprocess.Popen[Any] | None:
+        """The ``subprocess.Popen`` it watches (``fastreap.spawn``,
+        ``watch(popen)``), else None."""
+        t = getattr(self._owner, "target", None)
+        return t if is_popen(t) else None
+
     @property
     def lost(self) -> bool:
         """True if someone else reaped it and its status is unknown."""
