@@ -81,10 +81,10 @@ def check_pid(pid: object, name: str = "target") -> int:
         t = type(pid)
         if t.__module__ == "asyncio.subprocess" and t.__name__ == "Process":
             raise TypeError(
-                f"{name}: asyncio.subprocess.Process is not supported: use `await process.wait()`, "
-                "or call fastreap.install() before creating it and pass process.pid (without "
-                "install(), asyncio's own child watcher waits for it, and watching its pid would "
-                "take its exit status away from asyncio)"
+                f"{name}: asyncio.subprocess.Process is not supported: use `await process.wait()` "
+                "(after fastreap.install(), called before the process is created, that wait goes "
+                "through fastreap's watcher); watching process.pid instead would race asyncio's "
+                "own child watcher for its exit status"
             )
         raise TypeError(
             f"{name} must be a pid, subprocess.Popen, multiprocessing.Process or Child, "
