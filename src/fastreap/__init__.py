@@ -10,6 +10,9 @@ Parent side: ``watch`` -> ``Child``, ``wait``, ``graceful_stop`` /
 ``terminate`` / ``kill`` -> ``StopReport``, ``reap``, ``set_subreaper``,
 ``counters`` -> ``Counters``; types ``Target``, ``ReturnWhen``,
 ``ExitStatus``, ``ChildLostError``.
+Spawning: ``spawn``, ``run_all``, ``Pool``, ``ProcessPoolExecutor``,
+``WorkerDiedError``; ``install`` / ``uninstall`` route the stdlib's
+subprocess, multiprocessing and asyncio waits through fastreap.
 
 Every module whose name starts with an underscore (listed under PACKAGE
 CONTENTS by help(), which lists every module of a package) is private and
