@@ -121,6 +121,15 @@ def churn() -> None:
 
 def main() -> int:
     args = sys.argv[1:]
+    if args == ["--mp-only"]:
+        # The multiprocessing subset in an interpreter of its own with only
+        # install() active: the regrtest run above leaves state behind (and
+        # its SIGTERM handler, inherited by fork children, would make
+        # terminate() ask instead of kill, as any inherited handler would).
+        import fastreap
+
+        fastreap.install()
+        return run_mp_subset()
     plain = "--plain" in args
     install = "--install" in args
     churn_on = not install or "--churn" in args
@@ -150,7 +159,11 @@ def main() -> int:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     if mp_subset:
-        code = run_mp_subset() or code
+        cmd = [sys.executable, __file__, "--mp-only"]
+        if plain:
+            cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {sys.path[0]!r}); "
+                   "import peer_suites as p; sys.exit(p.run_mp_subset())"]
+        code = subprocess.run(cmd, check=False).returncode or code
     if t is not None:
         stop.set()
         t.join(60)
