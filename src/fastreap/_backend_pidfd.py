@@ -70,6 +70,27 @@ class PidfdBackend:
         self.count += 1
         return True
 
+    def register_peek(self, pid: int) -> tuple[int, int] | None | bool:
+        """Registration and the is-it-our-child check in one C call
+        (pidfd_open, a WNOWAIT peek through it, epoll_ctl): False if not
+        taken (budget, disabled, out of descriptors, already gone: the
+        caller takes the slow path), else the peek: None while it runs,
+        (si_code, si_status) once it has exited. ChildProcessError (nothing
+        registered) if it is not our child."""
+        if not self.enabled or self.count >= self.budget:
+            return False
+        try:
+            fd, peeked = _core.watch_pidfd(self.w.poller(), pid, self.floor, pid)
+        except ChildProcessError:
+            raise
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EINVAL, errno.ESRCH):
+                raise
+            return False
+        self.w.pidfd_of[pid] = fd
+        self.count += 1
+        return peeked
+
     def open_for_signals(self, pid: int) -> None:
         """A pidfd that only signals pid safely (a fork-server child), not polled."""
         if self.enabled:

@@ -183,13 +183,10 @@ def watch(target: Target) -> Child:
         if rc is not None:
             child._finish(from_returncode(pid, rc))
             return child
-        if not owner.foreign:
-            try:
-                _core.peek(pid)
-            except ChildProcessError:
-                raise ChildProcessError(f"target: pid {pid} is not a child of this process") from None
-        w.register(child)
-        w.try_reap(child)  # it may have exited already: nothing would announce it
+        try:
+            w.add(child)  # also reaps it if it has exited already: nothing would announce that
+        except ChildProcessError:
+            raise ChildProcessError(f"target: pid {pid} is not a child of this process") from None
         return child
 
 

@@ -1,7 +1,7 @@
 """Typing for the compiled module fastreap._core (checked by mypy.stubtest)."""
 
 from collections.abc import Callable
-from typing import Any, Final, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, final
 
 from typing_extensions import Self
 
@@ -100,3 +100,11 @@ def _cref_pidfd_latency(n: int) -> list[float]: ...
 def _cref_fork_stamper() -> tuple[int, int]: ...
 def _cref_last_stamp() -> int: ...
 def _cref_flag_load(n: int) -> float: ...
+
+# ------------------------------------------------ batched hot path (pidfd)
+
+# (pid, returncode, core_dumped, user seconds, system seconds, max RSS)
+_Decoded: TypeAlias = tuple[int, int, bool, float, float, int]
+
+def reap_batch(pids: list[int], pidfds: list[int]) -> list[_Decoded | Literal[False] | None]: ...
+def watch_pidfd(pfd: int, pid: int, floor: int, token: int) -> tuple[int, tuple[int, int] | None]: ...

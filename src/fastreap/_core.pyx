@@ -668,3 +668,100 @@ def _cref_flag_load(long n):
     if r < 0:
         _raise_errno()
     return r
+
+
+# ------------------------------------------------ batched hot path (pidfd)
+
+cdef extern from "<sys/wait.h>" nogil:
+    bint WIFSIGNALED(int status)
+    int WTERMSIG(int status)
+    int WEXITSTATUS(int status)
+    bint WCOREDUMP(int status)
+
+
+cdef inline tuple _decoded(fr_exit *e):
+    """(pid, returncode, core_dumped, utime, stime, maxrss): the wait status
+    decoded here, so _status only builds the object."""
+    if WIFSIGNALED(e.status):
+        return (e.pid, -WTERMSIG(e.status), WCOREDUMP(e.status) != 0, e.utime, e.stime, e.maxrss)
+    return (e.pid, WEXITSTATUS(e.status), False, e.utime, e.stime, e.maxrss)
+
+
+def reap_batch(list pids, list pidfds):
+    """Reap each child (WNOHANG, with rusage; through its pidfd when >= 0,
+    else wait4(pid)) in one C loop with the GIL released. One entry per
+    child: the decoded tuple (pid, returncode, core_dumped, utime, stime,
+    maxrss), False if it has not exited, None if it is not (or no longer)
+    our child (ECHILD)."""
+    cdef Py_ssize_t n = len(pids), i
+    cdef int *ids
+    cdef int *rs
+    cdef fr_exit *es
+    cdef int r
+    if len(pidfds) != n:
+        raise ValueError("pids and pidfds must have the same length")
+    if n == 0:
+        return []
+    ids = <int *>PyMem_RawCalloc(2 * n, sizeof(int))
+    rs = <int *>PyMem_RawCalloc(n, sizeof(int))
+    es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
+    if ids == NULL or rs == NULL or es == NULL:
+        PyMem_RawFree(ids)
+        PyMem_RawFree(rs)
+        PyMem_RawFree(es)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            ids[2 * i] = pids[i]
+            ids[2 * i + 1] = pidfds[i]
+            if ids[2 * i] <= 0:
+                raise ValueError(f"pid must be > 0, got {ids[2 * i]}")
+        with nogil:
+            for i in range(n):
+                while True:
+                    r = fr_reap(ids[2 * i + 1], ids[2 * i], &es[i])
+                    if not (r < 0 and errno == EINTR):
+                        break
+                rs[i] = -errno if r < 0 else r
+        out = []
+        for i in range(n):
+            r = rs[i]
+            if r == 1:
+                out.append(_decoded(&es[i]))
+            elif r == 0:
+                out.append(False)
+            elif r == -ECHILD:
+                out.append(None)
+            else:
+                raise OSError(-r, _os.strerror(-r))
+        return out
+    finally:
+        PyMem_RawFree(ids)
+        PyMem_RawFree(rs)
+        PyMem_RawFree(es)
+
+
+def watch_pidfd(int pfd, int pid, int floor, int64_t token):
+    """Register pid for exit notice in one call: pidfd_open (moved to >=
+    floor), a WNOWAIT peek through it (is it our child, has it exited?),
+    and its EPOLL registration under token. Returns (pidfd, peeked):
+    peeked None while it runs, else (si_code, si_status). ChildProcessError
+    (and nothing left open) if it is not our child; OSError from pidfd_open
+    as is (EMFILE/ENFILE: over the limit; ESRCH: gone)."""
+    cdef int fd, code = 0, status = 0, r, e
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    fd = fr_pidfd_open(pid, floor)
+    if fd < 0:
+        _raise_errno()
+    while True:
+        r = fr_peek(fd, pid, &code, &status)
+        if not (r < 0 and errno == EINTR):
+            break
+    if r >= 0 and fr_poller_add_fd(pfd, fd, token) < 0:
+        r = -1
+    if r < 0:
+        e = errno
+        close(fd)
+        raise OSError(e, _os.strerror(e))
+    return fd, (None if r == 0 else (code, status))

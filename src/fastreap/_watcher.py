@@ -149,10 +149,28 @@ class Watcher:
             self.sigchld.register(pid)
         self.children[pid] = child
 
+    def add(self, child: Child) -> None:
+        """Register a new child and reap it if it has exited already (nothing
+        would announce that). ChildProcessError, and nothing registered, if
+        it is not (or no longer) a child of this process. On the pidfd path
+        registration and the check are one C call (``register_peek``)."""
+        pid = child.pid
+        if not child._owner.foreign:
+            peeked = self.pidfd.register_peek(pid)
+            if peeked is not False:
+                self.children[pid] = child
+                if peeked is not None:
+                    self.try_reap(child)
+                return
+            _core.peek(pid)  # ChildProcessError if not ours
+        self.register(child)
+        self.try_reap(child)
+
     def _forget(self, child: Child) -> None:
         pid = child.pid
         self.children.pop(pid, None)
-        self.sigchld.forget(pid)
+        if self.sigchld.starts:
+            self.sigchld.forget(pid)
         if child._owner.foreign:
             try:
                 _core.poller_del_fd(self.pfd, child._owner.sentinel())  # type: ignore[attr-defined]
@@ -176,7 +194,7 @@ class Watcher:
             self.reaped += 1
         if self.followers:
             self.cond.notify_all()
-        callbacks = self.callbacks.pop(child, None)
+        callbacks = self.callbacks.pop(child, None) if self.callbacks else None
         if callbacks:
             for cb in callbacks:
                 try:
@@ -279,16 +297,72 @@ class Watcher:
             pass  # exited, not yet reaped
 
     def process(self, tokens: list[int]) -> None:
+        batch: list[Child] | None = None
         for tok in tokens:
             if tok >= 0:
                 c = self.children.get(tok)
-                if c is not None:
-                    self.try_reap(c, tok in self.pidfd_of)  # a readable pidfd: it has exited
+                if c is None:
+                    continue
+                if c._owner.batch and tok in self.pidfd_of:
+                    # A readable pidfd: it has exited. Reaped below with the
+                    # others that are ready, in one C call.
+                    if batch is None:
+                        batch = [c]
+                    else:
+                        batch.append(c)
+                else:
+                    self.try_reap(c, tok in self.pidfd_of)
             elif tok == WAKE:
                 _core.global_wake_drain()
                 self.sigchld.on_wake()
             elif tok == CHECK:
                 self.sigchld.on_check_timer()
+        if batch is not None:
+            self.reap_batch(batch)
+
+    def reap_batch(self, kids: list[Child]) -> None:
+        """Reap children whose pidfd said "exited" (lock held): one C call
+        reaps them all through their pidfds (with rusage, decoded in C), then
+        one pass publishes. Only owners that need no peek take part (a plain
+        pid, or a Popen whose _waitpid_lock is free and is held across the
+        reap, as try_reap does); any other goes through try_reap."""
+        todo: list[Child] = []
+        locks: list[Any] = []
+        try:
+            for c in kids:
+                if c._done():
+                    continue
+                lk = c._owner.trylock()
+                if lk is None:
+                    self.try_reap(c, True)  # its own wait() holds the lock: no stalling here
+                    continue
+                if lk is not True:
+                    rc = c._owner.reaped_by_owner()
+                    if rc is not None:
+                        lk.release()
+                        self.finish(c, _status.from_returncode(c.pid, rc))
+                        continue
+                    locks.append(lk)
+                todo.append(c)
+            if not todo:
+                return
+            pidfd_of = self.pidfd_of
+            results = _core.reap_batch([c.pid for c in todo], [pidfd_of.get(c.pid, -1) for c in todo])
+            done: list[tuple[Child, ExitStatus | None]] = []
+            for c, r in zip(todo, results):
+                if r is False:
+                    continue  # cannot happen after a pidfd event: leave it watched
+                if r is None:
+                    done.append((c, None))  # reaped behind our back: lost
+                    continue
+                es = _status.from_decoded(*r)
+                c._owner.publish(es)
+                done.append((c, es))
+        finally:
+            for lk in locks:
+                lk.release()
+        for c, es in done:
+            self.finish(c, es)
 
     # -- waiting -------------------------------------------------------------
 
@@ -296,11 +370,18 @@ class Watcher:
         """Block until pred() (checked with the lock held) or the deadline.
         One thread at a time waits in the poller with the GIL and the lock
         released; the others sleep on the condition until it has news."""
-        with self.cond:
+        with self.lock:
             self.check_open()
-            if not pred() and self.pfd >= 0 and not self.leading:
+            if (
+                not pred()
+                and self.pfd >= 0
+                and not self.leading
+                and (self.sigchld.starts or deadline.remaining() == 0.0)
+            ):
                 # Collect exits that already happened (timeout 0 must see them,
                 # also those whose SIGCHLD was coalesced: run an owed check).
+                # With only pidfd/kqueue children and time to wait, the
+                # leader's own poller_wait below sees the same at once.
                 self.process(_core.poller_wait(self.pfd, 0.0))
                 if self.sigchld.check_owed and not pred():
                     self.sigchld.loss_check()
