@@ -1,4 +1,5 @@
-"""Build the one extension, fastreap._core (Cython plus the plain C in _csrc/)."""
+"""Build the two extensions: fastreap._core (Cython plus the plain C in _csrc/)
+and fastreap._bench._cref (plain C: the C references of `fastreap bench`)."""
 
 import os
 import sys
@@ -35,4 +36,12 @@ core = Extension(
     extra_link_args=LDFLAGS,
 )
 
-setup(ext_modules=cythonize([core], compiler_directives=DIRECTIVES, include_path=["src"]))
+# The C references of `fastreap bench`: their own small extension, not in _core.
+cref = Extension(
+    "fastreap._bench._cref",
+    sources=["src/fastreap/_bench/_cref.c"],
+    extra_compile_args=CFLAGS,
+    extra_link_args=LDFLAGS,
+)
+
+setup(ext_modules=cythonize([core, cref], compiler_directives=DIRECTIVES, include_path=["src"]))

@@ -608,68 +608,6 @@ def set_subreaper(bint on):
         _raise_errno()
 
 
-# ----------------------------------------------- C references (fastreap bench)
-
-def _cref_fork_wait(int n):
-    """ns per child for n rounds of fork / _exit(0) / waitpid, all in C."""
-    cdef double r
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    with nogil:
-        r = fr_cref_fork_wait(n)
-    if r < 0:
-        _raise_errno()
-    return r
-
-
-def _cref_pidfd_latency(int n):
-    """n exit-to-notice latencies (ns) of pidfd + poll, measured in C."""
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    cdef double *buf = <double *>PyMem_RawCalloc(n, sizeof(double))
-    cdef int r
-    if buf == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            r = fr_cref_pidfd_latency(n, buf)
-        if r < 0:
-            if errno == ENOSYS:
-                raise NotImplementedError("pidfd needs Linux >= 5.3")
-            _raise_errno()
-        return [buf[i] for i in range(n)]
-    finally:
-        PyMem_RawFree(buf)
-
-
-def _cref_fork_stamper():
-    """Fork a C child that _exits right after stamping the monotonic clock,
-    once a byte is written to go_fd; return (pid, go_fd). The caller closes
-    go_fd and reaps pid; _cref_last_stamp() then gives the stamp (ns)."""
-    cdef int go = -1, pid
-    with nogil:
-        pid = fr_cref_fork_stamper(&go)
-    if pid < 0:
-        _raise_errno()
-    return pid, go
-
-
-def _cref_last_stamp():
-    return fr_cref_last_stamp()
-
-
-def _cref_flag_load(long n):
-    """ns per acquire load of the default stop flag in a C loop."""
-    cdef double r
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    with nogil:
-        r = fr_cref_flag_load(n)
-    if r < 0:
-        _raise_errno()
-    return r
-
-
 # ------------------------------------------------ batched hot path (pidfd)
 
 cdef extern from "<sys/wait.h>" nogil:
