@@ -22,14 +22,17 @@ if DEBUG:
 else:
     CFLAGS += ["-O2"]
 
-DIRECTIVES = {"language_level": 3, "freethreading_compatible": True, "embedsignature": True}
+DIRECTIVES = {"language_level": 3, "freethreading_compatible": False, "embedsignature": True}
 
 core = Extension(
     "fastreap._core",
     sources=[
         "src/fastreap/_core.pyx",
         "src/fastreap/_csrc/handler.c",
-        "src/fastreap/_csrc/reaper.c",
+        "src/fastreap/_csrc/reap.c",
+        # One backend each, wholly guarded by its platform's #if.
+        "src/fastreap/_csrc/poller_epoll.c",
+        "src/fastreap/_csrc/poller_kqueue.c",
     ],
     include_dirs=["src/fastreap/_csrc"],
     extra_compile_args=CFLAGS,

@@ -157,10 +157,13 @@ def _chain(rec: _Record) -> bool:
 
 
 def _undo(s: int, rec: _Record) -> None:
-    if rec.py_changed:
+    # Put back only what is still ours: a handler installed since (signal.signal,
+    # a C library) stays, Python-level one included.
+    ours = _core.handler_installed(s)
+    if rec.py_changed and ours:
         prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
         _signal.signal(s, prev)
-    _core.restore(s)
+    _core.restore(s, ours)
     for f in rec.flags:
         _core.unbind(s, f)
 

@@ -1,4 +1,8 @@
-/* reaper.h: blocking waits and reaping primitives, called without the GIL. */
+/* reaper.h: blocking waits and reaping primitives, called without the GIL.
+ * Implemented by reap.c (portable: wait4, waitid, poll; the EINTR rule) and
+ * one backend per platform: poller_epoll.c (Linux: epoll, timerfd, pidfd,
+ * waitid P_PIDFD, subreaper) or poller_kqueue.c (macOS: kqueue EVFILT_PROC);
+ * backend.h is what they share. Calls a platform lacks fail with ENOSYS. */
 #ifndef FASTREAP_REAPER_H
 #define FASTREAP_REAPER_H
 
