@@ -297,6 +297,16 @@ class Watcher:
             pass  # exited, not yet reaped
 
     def process(self, tokens: list[int]) -> None:
+        """Act on the poller's ready tokens (lock held). Pidfds are registered
+        oneshot: one whose child is left unfinished (an exception midway, Ctrl-C)
+        is armed again so that its exit is reported once more."""
+        try:
+            self._process(tokens)
+        except BaseException:
+            self.pidfd.rearm(tokens)
+            raise
+
+    def _process(self, tokens: list[int]) -> None:
         batch: list[Child] | None = None
         for tok in tokens:
             if tok >= 0:
@@ -310,8 +320,8 @@ class Watcher:
                         batch = [c]
                     else:
                         batch.append(c)
-                else:
-                    self.try_reap(c, tok in self.pidfd_of)
+                elif not self.try_reap(c, tok in self.pidfd_of):
+                    self.pidfd.rearm((tok,))  # not finished after all: keep its exit reported
             elif tok == WAKE:
                 _core.global_wake_drain()
                 self.sigchld.on_wake()
@@ -346,12 +356,20 @@ class Watcher:
                 todo.append(c)
             if not todo:
                 return
-            pidfd_of = self.pidfd_of
-            results = _core.reap_batch([c.pid for c in todo], [pidfd_of.get(c.pid, -1) for c in todo])
+            # The C loop closes the pidfd of each one it reaps (their oneshot
+            # registrations were reported: no EPOLL_CTL_DEL). Out of the books
+            # first: the GIL is released meanwhile, and a fork then must not
+            # find numbers that are closed (or reused) by the time it runs.
+            pids = [c.pid for c in todo]
+            fds = self.pidfd.take(pids)
+            results = _core.reap_batch(pids, fds, True)
             done: list[tuple[Child, ExitStatus | None]] = []
-            for c, r in zip(todo, results):
+            for c, fd, r in zip(todo, fds, results):
                 if r is False:
-                    continue  # cannot happen after a pidfd event: leave it watched
+                    # Not exited (cannot happen after a pidfd event) or an
+                    # unexpected error: its pidfd is still open; keep watching.
+                    self.pidfd.give_back(c.pid, fd)
+                    continue
                 if r is None:
                     done.append((c, None))  # reaped behind our back: lost
                     continue
