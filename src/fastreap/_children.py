@@ -219,6 +219,16 @@ def validate(targets: Iterable[Target] | Target, name: str = "targets") -> list[
 
 def as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
     """Validate every item, then watch each: nothing half-done."""
+    if isinstance(targets, (list, set, tuple, frozenset)):
+        # The hot case (wait() in a loop over Child objects): each needs
+        # only the check validate() makes for a Child; anything else (or a
+        # check that fails, to raise its error) takes the general path.
+        kids = list(targets)
+        for t in kids:
+            if type(t) is not Child or (t._watcher.closed and not t._done()):
+                break
+        else:
+            return kids
     return [watch(t) for t in validate(targets, name)]
 
 

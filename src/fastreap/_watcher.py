@@ -27,6 +27,7 @@ One thread at a time waits in the poller with the GIL and the lock released
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -272,6 +273,32 @@ class Watcher:
         if r is None:  # cannot happen after a successful peek or pidfd event
             return _status.RUNNING if early is None else early
         return _status.from_wait(*r)
+
+    def signal_many(self, kids: list[Child], sig: int) -> None:
+        """send_locked for each of kids (all watched here; lock held): those
+        with a pidfd in one C loop (graceful_stop's SIGTERM and SIGKILL to
+        many), the others one by one. Like send_locked, an exited but not yet
+        reaped child is no error; any other error is raised after all others
+        have been signalled."""
+        if self.closed:
+            return
+        fds: list[int] = []
+        rest: list[Child] = []
+        pidfd_of = self.pidfd_of
+        for c in kids:
+            if c._done():
+                continue
+            fd = pidfd_of.get(c.pid, -1)
+            if fd >= 0:
+                fds.append(fd)
+            else:
+                rest.append(c)
+        errs = _core.signal_batch(fds, sig) if fds else []
+        for c in rest:
+            self.send_locked(c, sig)
+        for e in errs:
+            if e and e != errno.ESRCH:
+                raise OSError(e, os.strerror(e))
 
     def send_locked(self, child: Child, sig: int) -> None:
         """Signal child (pid-reuse safe); nothing once it is finished."""
