@@ -43,9 +43,9 @@ def test_batch_reap_writes_every_status_back(pidfd_watcher: _watcher.Watcher) ->
     ps = [_waiting(f"exit {i}") for i in range(12)] + [_waiting("kill -KILL $$")]
     kids = [fastreap.watch(p) for p in ps]
     _release_and_settle(ps)
-    done, pending = fastreap.wait(kids, 10, fastreap.ALL_EXITED)
+    _done, pending = fastreap.wait(kids, 10, fastreap.ALL_EXITED)
     assert not pending
-    for i, (p, c) in enumerate(zip(ps[:-1], kids[:-1])):
+    for i, (p, c) in enumerate(zip(ps[:-1], kids[:-1], strict=True)):
         assert c.returncode == i and p.returncode == i
         assert c.status is not None and c.status.exit_code == i and c.status.signal is None
         assert c.status.user_time is not None and c.status.max_rss is not None
@@ -117,7 +117,9 @@ def test_reap_batch_and_signal_batch_entry_points() -> None:
 def test_graceful_stop_batch_signals_and_reaps(pidfd_watcher: _watcher.Watcher) -> None:
     polite = [subprocess.Popen(["sleep", "30"]) for _ in range(6)]
     stubborn = [
-        subprocess.Popen(["sh", "-c", 'trap "" TERM; echo; exec cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        subprocess.Popen(
+            ["sh", "-c", 'trap "" TERM; echo; exec cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         for _ in range(3)
     ]
     for s in stubborn:

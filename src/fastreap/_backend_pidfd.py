@@ -71,7 +71,7 @@ class PidfdBackend:
         self.count += 1
         return True
 
-    def register_peek(self, pid: int) -> tuple[int, int] | None | bool:
+    def register_peek(self, pid: int) -> tuple[int, int] | bool | None:
         """Registration and the is-it-our-child check in one C call
         (pidfd_open, a WNOWAIT peek through it, epoll_ctl): False if not
         taken (budget, disabled, out of descriptors, already gone: the

@@ -82,15 +82,35 @@ def from_decoded(pid: int, rc: int, core: bool, utime: float, stime: float, maxr
     dataclass's per-field ``__setattr__`` detour; this runs once per exit)."""
     es = _new(ExitStatus)
     if rc < 0:
-        _setattr(es, "__dict__", {
-            "pid": pid, "returncode": rc, "exit_code": None, "signal": -rc, "core_dumped": core,
-            "user_time": utime, "system_time": stime, "max_rss": maxrss,
-        })
+        _setattr(
+            es,
+            "__dict__",
+            {
+                "pid": pid,
+                "returncode": rc,
+                "exit_code": None,
+                "signal": -rc,
+                "core_dumped": core,
+                "user_time": utime,
+                "system_time": stime,
+                "max_rss": maxrss,
+            },
+        )
     else:
-        _setattr(es, "__dict__", {
-            "pid": pid, "returncode": rc, "exit_code": rc, "signal": None, "core_dumped": False,
-            "user_time": utime, "system_time": stime, "max_rss": maxrss,
-        })
+        _setattr(
+            es,
+            "__dict__",
+            {
+                "pid": pid,
+                "returncode": rc,
+                "exit_code": rc,
+                "signal": None,
+                "core_dumped": False,
+                "user_time": utime,
+                "system_time": stime,
+                "max_rss": maxrss,
+            },
+        )
     return es
 
 

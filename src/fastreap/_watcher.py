@@ -391,7 +391,7 @@ class Watcher:
             fds = self.pidfd.take(pids)
             results = _core.reap_batch(pids, fds, True)
             done: list[tuple[Child, ExitStatus | None]] = []
-            for c, fd, r in zip(todo, fds, results):
+            for c, fd, r in zip(todo, fds, results, strict=True):
                 if r is False:
                     # Not exited (cannot happen after a pidfd event) or an
                     # unexpected error: its pidfd is still open; keep watching.
@@ -406,8 +406,8 @@ class Watcher:
         finally:
             for lk in locks:
                 lk.release()
-        for c, es in done:
-            self.finish(c, es)
+        for c, st in done:
+            self.finish(c, st)
 
     # -- waiting -------------------------------------------------------------
 

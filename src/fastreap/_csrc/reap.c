@@ -121,8 +121,7 @@ int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_e
         res[i] = r < 0 ? -errno : r;
         /* Its exit was reported (oneshot, now disarmed) and it is gone: a
          * plain close, no EPOLL_CTL_DEL (see fr_poller_add_oneshot). */
-        if (close_fds && pidfds[i] >= 0 && (r == 1 || (r < 0 && errno == ECHILD)))
-            close(pidfds[i]);
+        if (close_fds && pidfds[i] >= 0 && (r == 1 || (r < 0 && errno == ECHILD))) close(pidfds[i]);
     }
     return 0;
 }

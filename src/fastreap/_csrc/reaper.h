@@ -66,8 +66,7 @@ int fr_reap_all(fr_exit *out, int max);
  * res[i] = 1 reaped into out[i], 0 not exited, -errno. With close_fds, the
  * pidfd of each one reaped (or gone: ECHILD) is closed, without deregistering
  * (it was registered oneshot and its exit reported). Returns 0. */
-int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_exit *out,
-                  int *res);
+int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_exit *out, int *res);
 /* Watch pid in one call: pidfd_open (moved to >= floor), a WNOWAIT peek
  * through it (ECHILD: not our child), oneshot registration under token.
  * The pidfd, with *code = si_code once it has exited (0 while it runs) and
