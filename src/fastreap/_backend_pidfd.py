@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from . import _core
@@ -70,6 +71,27 @@ class PidfdBackend:
         self.count += 1
         return True
 
+    def register_peek(self, pid: int) -> tuple[int, int] | bool | None:
+        """Registration and the is-it-our-child check in one C call
+        (pidfd_open, a WNOWAIT peek through it, epoll_ctl): False if not
+        taken (budget, disabled, out of descriptors, already gone: the
+        caller takes the slow path), else the peek: None while it runs,
+        (si_code, si_status) once it has exited. ChildProcessError (nothing
+        registered) if it is not our child."""
+        if not self.enabled or self.count >= self.budget:
+            return False
+        try:
+            fd, peeked = _core.watch_pidfd(self.w.poller(), pid, self.floor, pid)
+        except ChildProcessError:
+            raise
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EINVAL, errno.ESRCH):
+                raise
+            return False
+        self.w.pidfd_of[pid] = fd
+        self.count += 1
+        return peeked
+
     def open_for_signals(self, pid: int) -> None:
         """A pidfd that only signals pid safely (a fork-server child), not polled."""
         if self.enabled:
@@ -93,6 +115,32 @@ class PidfdBackend:
         else:
             _core.poller_close_fd(self.w.pfd, fd)
         return True
+
+    def take(self, pids: list[int]) -> list[int]:
+        """Take the pidfds of pids out of the books (the batch reap closes them)."""
+        pop = self.w.pidfd_of.pop
+        fds = [pop(pid) for pid in pids]
+        self.count -= len(fds)
+        return fds
+
+    def give_back(self, pid: int, fd: int) -> None:
+        """Undo take() for one the batch did not reap; arm it again."""
+        self.w.pidfd_of[pid] = fd
+        self.count += 1
+        self.rearm((pid,))
+
+    def rearm(self, tokens: Iterable[int]) -> None:
+        """Arm the oneshot registration of each still-watched pid in tokens."""
+        w = self.w
+        for tok in tokens:
+            fd = w.pidfd_of.get(tok, -1)
+            c = w.children.get(tok)
+            if fd < 0 or c is None or c._done() or w.pfd < 0:
+                continue
+            try:
+                _core.poller_rearm(w.pfd, fd, tok)
+            except OSError:
+                pass  # not in the poller (a fork-server child's signal-only pidfd)
 
     def close_deferred(self) -> None:
         while self.deferred:

@@ -224,13 +224,10 @@ def watch(target: Target) -> Child:
         if rc is not None:
             child._finish(from_returncode(pid, rc))
             return child
-        if not owner.foreign:
-            try:
-                _core.peek(pid)
-            except ChildProcessError:
-                raise not_a_child(pid, "target", ours=owner.target is not None) from None
-        w.register(child)
-        w.try_reap(child)  # it may have exited already: nothing would announce it
+        try:
+            w.add(child)  # also reaps it if it has exited already: nothing would announce that
+        except ChildProcessError:
+            raise not_a_child(pid, "target", ours=owner.target is not None) from None
         return child
 
 
@@ -263,6 +260,16 @@ def validate(targets: Iterable[Target] | Target, name: str = "targets") -> list[
 
 def as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
     """Validate every item, then watch each: nothing half-done."""
+    if isinstance(targets, (list, set, tuple, frozenset)):
+        # The hot case (wait() in a loop over Child objects): each needs
+        # only the check validate() makes for a Child; anything else (or a
+        # check that fails, to raise its error) takes the general path.
+        kids = list(targets)
+        for t in kids:
+            if type(t) is not Child or (t._watcher.closed and not t._done()):
+                break
+        else:
+            return kids
     return [watch(t) for t in validate(targets, name)]
 
 

@@ -641,3 +641,129 @@ def set_subreaper(bint on):
         if errno == ENOSYS:
             raise NotImplementedError("set_subreaper needs Linux (PR_SET_CHILD_SUBREAPER)")
         _raise_errno()
+
+
+# ------------------------------------------------ batched hot path (pidfd)
+
+cdef extern from "<sys/wait.h>" nogil:
+    bint WIFSIGNALED(int status)
+    int WTERMSIG(int status)
+    int WEXITSTATUS(int status)
+    bint WCOREDUMP(int status)
+
+
+cdef inline tuple _decoded(fr_exit *e):
+    """(pid, returncode, core_dumped, utime, stime, maxrss): the wait status
+    decoded here, so _status only builds the object."""
+    if WIFSIGNALED(e.status):
+        return (e.pid, -WTERMSIG(e.status), WCOREDUMP(e.status) != 0, e.utime, e.stime, e.maxrss)
+    return (e.pid, WEXITSTATUS(e.status), False, e.utime, e.stime, e.maxrss)
+
+
+cdef int *_int_array(list items, Py_ssize_t n) except NULL:
+    cdef int *a = <int *>PyMem_RawCalloc(n if n > 0 else 1, sizeof(int))
+    cdef Py_ssize_t i
+    if a == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            a[i] = items[i]
+    except BaseException:
+        PyMem_RawFree(a)
+        raise
+    return a
+
+
+def reap_batch(list pids, list pidfds, bint close_fds=False):
+    """Reap each child (WNOHANG, with rusage; through its pidfd when >= 0,
+    else wait4(pid)) in one C loop with the GIL released. One entry per
+    child: the decoded tuple (pid, returncode, core_dumped, utime, stime,
+    maxrss), False if it has not exited, None if it is not (or no longer)
+    our child (ECHILD). With close_fds, the pidfd of each one reaped or gone
+    is closed (registered oneshot and reported: no deregistration needed)."""
+    cdef Py_ssize_t n = len(pids), i
+    cdef int *ids = NULL
+    cdef int *fds = NULL
+    cdef int *rs = NULL
+    cdef fr_exit *es = NULL
+    cdef int r
+    if len(pidfds) != n:
+        raise ValueError("pids and pidfds must have the same length")
+    if n == 0:
+        return []
+    try:
+        ids = _int_array(pids, n)
+        fds = _int_array(pidfds, n)
+        for i in range(n):
+            if ids[i] <= 0:
+                raise ValueError(f"pid must be > 0, got {ids[i]}")
+        rs = <int *>PyMem_RawCalloc(n, sizeof(int))
+        es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
+        if rs == NULL or es == NULL:
+            raise MemoryError()
+        with nogil:
+            fr_reap_batch(ids, fds, <int>n, close_fds, es, rs)
+        out = []
+        err = 0
+        for i in range(n):
+            r = rs[i]
+            if r == 1:
+                out.append(_decoded(&es[i]))
+            elif r == 0:
+                out.append(False)
+            elif r == -ECHILD:
+                out.append(None)
+            else:  # left open and registered: the caller keeps it
+                out.append(False)
+                err = -r
+        if err and not close_fds:
+            raise OSError(err, _os.strerror(err))
+        return out
+    finally:
+        PyMem_RawFree(ids)
+        PyMem_RawFree(fds)
+        PyMem_RawFree(rs)
+        PyMem_RawFree(es)
+
+
+def watch_pidfd(int pfd, int pid, int floor, int64_t token):
+    """Register pid for exit notice in one C call: pidfd_open (moved to >=
+    floor), a WNOWAIT peek through it (is it our child, has it exited?),
+    and a oneshot registration under token (see poller_rearm). Returns
+    (pidfd, peeked): peeked None while it runs, else (si_code, si_status).
+    ChildProcessError (and nothing left open) if it is not our child;
+    OSError from pidfd_open as is (EMFILE/ENFILE: over the limit; ESRCH: gone)."""
+    cdef int fd, code = 0, status = 0
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    fd = fr_watch_pidfd(pfd, pid, floor, token, &code, &status)
+    if fd < 0:
+        _raise_errno()
+    return fd, (None if code == 0 else (code, status))
+
+
+def poller_rearm(int pfd, int fd, int64_t token):
+    """Report a oneshot registration (watch_pidfd) once more."""
+    if fr_poller_rearm(pfd, fd, token) < 0:
+        _raise_errno()
+
+
+def signal_batch(list pidfds, int sig):
+    """pidfd_send_signal to each (one C loop): a list of 0 or errno values."""
+    cdef Py_ssize_t n = len(pidfds), i
+    cdef int *fds
+    cdef int *rs
+    if n == 0:
+        return []
+    fds = _int_array(pidfds, n)
+    rs = <int *>PyMem_RawCalloc(n, sizeof(int))
+    if rs == NULL:
+        PyMem_RawFree(fds)
+        raise MemoryError()
+    try:
+        with nogil:
+            fr_signal_batch(fds, <int>n, sig, rs)
+        return [-rs[i] for i in range(n)]
+    finally:
+        PyMem_RawFree(fds)
+        PyMem_RawFree(rs)

@@ -41,6 +41,9 @@ class Owner:
 
     __slots__ = ("target",)
     foreign = False  # a child of the fork server, not ours
+    # Its pidfd's "exited" lets the watcher reap it in a batch (no peek,
+    # at most a lock taken without blocking: see trylock).
+    batch = True
 
     def __init__(self, target: Any = None) -> None:
         self.target = target
@@ -61,6 +64,11 @@ class Owner:
 
     def lock(self) -> AbstractContextManager[Any]:
         return _NO_LOCK
+
+    def trylock(self) -> Any:
+        """For a batch reap: True (no lock needed), the owner's lock taken
+        without blocking (the caller releases it), or None if it is busy."""
+        return True
 
     def publish_early(self, status: ExitStatus) -> None:
         pass
@@ -118,6 +126,10 @@ class PopenOwner(_Object):
         # found instead of stealing the status from under it.
         return self.target._waitpid_lock  # type: ignore[no-any-return]
 
+    def trylock(self) -> Any:
+        lk = self.target._waitpid_lock
+        return lk if lk.acquire(False) else None
+
     def publish(self, status: ExitStatus) -> None:
         if self.target.returncode is None:
             self.target.returncode = status.returncode
@@ -133,6 +145,7 @@ class ProcessOwner(_Object):
     """A ``multiprocessing.Process`` started by fork or spawn: our child."""
 
     __slots__ = ()
+    batch = False  # publish_early needs a peek before the reap
 
     def check(self, name: str) -> None:
         check_mp_process(self.target, name)

@@ -290,8 +290,12 @@ class StopRun:
     def _signal(self, kids: list[Child], sig: int) -> None:
         w = _watcher.current()
         if self.members is None:
-            for c in kids:
-                c.send_signal(sig)
+            if all(c._watcher is w for c in kids):
+                with w.lock:
+                    w.signal_many(kids, sig)  # the pidfd ones in one C loop
+            else:
+                for c in kids:
+                    c.send_signal(sig)
             return
         own = os.getpgrp()
         with w.lock:

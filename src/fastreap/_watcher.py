@@ -27,6 +27,7 @@ One thread at a time waits in the poller with the GIL and the lock released
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -149,10 +150,28 @@ class Watcher:
             self.sigchld.register(pid)
         self.children[pid] = child
 
+    def add(self, child: Child) -> None:
+        """Register a new child and reap it if it has exited already (nothing
+        would announce that). ChildProcessError, and nothing registered, if
+        it is not (or no longer) a child of this process. On the pidfd path
+        registration and the check are one C call (``register_peek``)."""
+        pid = child.pid
+        if not child._owner.foreign:
+            peeked = self.pidfd.register_peek(pid)
+            if peeked is not False:
+                self.children[pid] = child
+                if peeked is not None:
+                    self.try_reap(child)
+                return
+            _core.peek(pid)  # ChildProcessError if not ours
+        self.register(child)
+        self.try_reap(child)
+
     def _forget(self, child: Child) -> None:
         pid = child.pid
         self.children.pop(pid, None)
-        self.sigchld.forget(pid)
+        if self.sigchld.starts:
+            self.sigchld.forget(pid)
         if child._owner.foreign:
             try:
                 _core.poller_del_fd(self.pfd, child._owner.sentinel())  # type: ignore[attr-defined]
@@ -176,7 +195,7 @@ class Watcher:
             self.reaped += 1
         if self.followers:
             self.cond.notify_all()
-        callbacks = self.callbacks.pop(child, None)
+        callbacks = self.callbacks.pop(child, None) if self.callbacks else None
         if callbacks:
             for cb in callbacks:
                 try:
@@ -255,6 +274,32 @@ class Watcher:
             return _status.RUNNING if early is None else early
         return _status.from_wait(*r)
 
+    def signal_many(self, kids: list[Child], sig: int) -> None:
+        """send_locked for each of kids (all watched here; lock held): those
+        with a pidfd in one C loop (graceful_stop's SIGTERM and SIGKILL to
+        many), the others one by one. Like send_locked, an exited but not yet
+        reaped child is no error; any other error is raised after all others
+        have been signalled."""
+        if self.closed:
+            return
+        fds: list[int] = []
+        rest: list[Child] = []
+        pidfd_of = self.pidfd_of
+        for c in kids:
+            if c._done():
+                continue
+            fd = pidfd_of.get(c.pid, -1)
+            if fd >= 0:
+                fds.append(fd)
+            else:
+                rest.append(c)
+        errs = _core.signal_batch(fds, sig) if fds else []
+        for c in rest:
+            self.send_locked(c, sig)
+        for e in errs:
+            if e and e != errno.ESRCH:
+                raise OSError(e, os.strerror(e))
+
     def send_locked(self, child: Child, sig: int) -> None:
         """Signal child (pid-reuse safe); nothing once it is finished."""
         if child._done() or self.closed:
@@ -279,16 +324,90 @@ class Watcher:
             pass  # exited, not yet reaped
 
     def process(self, tokens: list[int]) -> None:
+        """Act on the poller's ready tokens (lock held). Pidfds are registered
+        oneshot: one whose child is left unfinished (an exception midway, Ctrl-C)
+        is armed again so that its exit is reported once more."""
+        try:
+            self._process(tokens)
+        except BaseException:
+            self.pidfd.rearm(tokens)
+            raise
+
+    def _process(self, tokens: list[int]) -> None:
+        batch: list[Child] | None = None
         for tok in tokens:
             if tok >= 0:
                 c = self.children.get(tok)
-                if c is not None:
-                    self.try_reap(c, tok in self.pidfd_of)  # a readable pidfd: it has exited
+                if c is None:
+                    continue
+                if c._owner.batch and tok in self.pidfd_of:
+                    # A readable pidfd: it has exited. Reaped below with the
+                    # others that are ready, in one C call.
+                    if batch is None:
+                        batch = [c]
+                    else:
+                        batch.append(c)
+                elif not self.try_reap(c, tok in self.pidfd_of):
+                    self.pidfd.rearm((tok,))  # not finished after all: keep its exit reported
             elif tok == WAKE:
                 _core.global_wake_drain()
                 self.sigchld.on_wake()
             elif tok == CHECK:
                 self.sigchld.on_check_timer()
+        if batch is not None:
+            self.reap_batch(batch)
+
+    def reap_batch(self, kids: list[Child]) -> None:
+        """Reap children whose pidfd said "exited" (lock held): one C call
+        reaps them all through their pidfds (with rusage, decoded in C), then
+        one pass publishes. Only owners that need no peek take part (a plain
+        pid, or a Popen whose _waitpid_lock is free and is held across the
+        reap, as try_reap does); any other goes through try_reap."""
+        todo: list[Child] = []
+        locks: list[Any] = []
+        try:
+            for c in kids:
+                if c._done():
+                    continue
+                lk = c._owner.trylock()
+                if lk is None:
+                    self.try_reap(c, True)  # its own wait() holds the lock: no stalling here
+                    continue
+                if lk is not True:
+                    rc = c._owner.reaped_by_owner()
+                    if rc is not None:
+                        lk.release()
+                        self.finish(c, _status.from_returncode(c.pid, rc))
+                        continue
+                    locks.append(lk)
+                todo.append(c)
+            if not todo:
+                return
+            # The C loop closes the pidfd of each one it reaps (their oneshot
+            # registrations were reported: no EPOLL_CTL_DEL). Out of the books
+            # first: the GIL is released meanwhile, and a fork then must not
+            # find numbers that are closed (or reused) by the time it runs.
+            pids = [c.pid for c in todo]
+            fds = self.pidfd.take(pids)
+            results = _core.reap_batch(pids, fds, True)
+            done: list[tuple[Child, ExitStatus | None]] = []
+            for c, fd, r in zip(todo, fds, results, strict=True):
+                if r is False:
+                    # Not exited (cannot happen after a pidfd event) or an
+                    # unexpected error: its pidfd is still open; keep watching.
+                    self.pidfd.give_back(c.pid, fd)
+                    continue
+                if r is None:
+                    done.append((c, None))  # reaped behind our back: lost
+                    continue
+                es = _status.from_decoded(*r)
+                c._owner.publish(es)
+                done.append((c, es))
+        finally:
+            for lk in locks:
+                lk.release()
+        for c, st in done:
+            self.finish(c, st)
 
     # -- waiting -------------------------------------------------------------
 
@@ -296,11 +415,18 @@ class Watcher:
         """Block until pred() (checked with the lock held) or the deadline.
         One thread at a time waits in the poller with the GIL and the lock
         released; the others sleep on the condition until it has news."""
-        with self.cond:
+        with self.lock:
             self.check_open()
-            if not pred() and self.pfd >= 0 and not self.leading:
+            if (
+                not pred()
+                and self.pfd >= 0
+                and not self.leading
+                and (self.sigchld.starts or deadline.remaining() == 0.0)
+            ):
                 # Collect exits that already happened (timeout 0 must see them,
                 # also those whose SIGCHLD was coalesced: run an owed check).
+                # With only pidfd/kqueue children and time to wait, the
+                # leader's own poller_wait below sees the same at once.
                 self.process(_core.poller_wait(self.pfd, 0.0))
                 if self.sigchld.check_owed and not pred():
                     self.sigchld.loss_check()

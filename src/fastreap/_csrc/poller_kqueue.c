@@ -41,6 +41,20 @@ int fr_poller_add_fd(int pfd, int fd, int64_t token) {
     return kevent(pfd, &ev, 1, NULL, 0, NULL);
 }
 
+/* EV_DISPATCH: reported once, then disabled until fr_poller_rearm (the
+ * counterpart of EPOLLONESHOT; see poller_epoll.c). */
+int fr_poller_add_oneshot(int pfd, int fd, int64_t token) {
+    struct kevent ev;
+    EV_SET(&ev, fd, EVFILT_READ, EV_ADD | EV_DISPATCH, 0, 0, (void *)(intptr_t)token);
+    return kevent(pfd, &ev, 1, NULL, 0, NULL);
+}
+
+int fr_poller_rearm(int pfd, int fd, int64_t token) {
+    struct kevent ev;
+    EV_SET(&ev, fd, EVFILT_READ, EV_ENABLE | EV_DISPATCH, 0, 0, (void *)(intptr_t)token);
+    return kevent(pfd, &ev, 1, NULL, 0, NULL);
+}
+
 int fr_poller_del_fd(int pfd, int fd) {
     struct kevent ev;
     EV_SET(&ev, fd, EVFILT_READ, EV_DELETE, 0, 0, NULL);

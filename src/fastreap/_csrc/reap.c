@@ -114,6 +114,40 @@ int fr_reap(int pidfd, int pid, fr_exit *out) {
     return reap_by_pid(pid, out);
 }
 
+int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_exit *out,
+                  int *res) {
+    for (int i = 0; i < n; i++) {
+        int r = fr_reap(pidfds[i], pids[i], &out[i]);
+        res[i] = r < 0 ? -errno : r;
+        /* Its exit was reported (oneshot, now disarmed) and it is gone: a
+         * plain close, no EPOLL_CTL_DEL (see fr_poller_add_oneshot). */
+        if (close_fds && pidfds[i] >= 0 && (r == 1 || (r < 0 && errno == ECHILD))) close(pidfds[i]);
+    }
+    return 0;
+}
+
+int fr_watch_pidfd(int pfd, int pid, int floor, int64_t token, int *code, int *status) {
+    int fd = fr_pidfd_open(pid, floor);
+    if (fd < 0) return -1;
+    int r = fr_peek(fd, pid, code, status);
+    if (r == 0) *code = 0;
+    if (r >= 0 && fr_poller_add_oneshot(pfd, fd, token) == 0) return fd;
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
+
+int fr_signal_batch(const int *pidfds, int n, int sig, int *res) {
+    int sent = 0;
+    for (int i = 0; i < n; i++) {
+        int r = fr_pidfd_send_signal(pidfds[i], sig);
+        res[i] = r < 0 ? -errno : 0;
+        if (r == 0) sent++;
+    }
+    return sent;
+}
+
 int fr_reap_all(fr_exit *out, int max) {
     int n = 0;
     while (n < max) {

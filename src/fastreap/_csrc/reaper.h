@@ -22,6 +22,10 @@ typedef struct fr_exit {
 int fr_poller_open(void);
 int fr_poller_add_fd(int pfd, int fd, int64_t token);
 int fr_poller_del_fd(int pfd, int fd);
+/* Register fd to be reported once (EPOLLONESHOT / EV_DISPATCH); rearm: once
+ * more. A reported pidfd may then be closed without deregistering. */
+int fr_poller_add_oneshot(int pfd, int fd, int64_t token);
+int fr_poller_rearm(int pfd, int fd, int64_t token);
 /* Deregister fd and close it (one call on the reaping path); 0 or -1. */
 int fr_poller_close_fd(int pfd, int fd);
 /* A one-shot CLOCK_MONOTONIC timer descriptor (timerfd; Linux only, else
@@ -58,6 +62,18 @@ int fr_peek_any(void);
 int fr_reap(int pidfd, int pid, fr_exit *out);
 /* waitpid(-1, WNOHANG) until nothing is left or max entries; count or -1. */
 int fr_reap_all(fr_exit *out, int max);
+/* The hot path's batch: fr_reap each of n children (pidfds[i] may be -1);
+ * res[i] = 1 reaped into out[i], 0 not exited, -errno. With close_fds, the
+ * pidfd of each one reaped (or gone: ECHILD) is closed, without deregistering
+ * (it was registered oneshot and its exit reported). Returns 0. */
+int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_exit *out, int *res);
+/* Watch pid in one call: pidfd_open (moved to >= floor), a WNOWAIT peek
+ * through it (ECHILD: not our child), oneshot registration under token.
+ * The pidfd, with *code = si_code once it has exited (0 while it runs) and
+ * *status = si_status; or -1 with errno and nothing left open. */
+int fr_watch_pidfd(int pfd, int pid, int floor, int64_t token, int *code, int *status);
+/* pidfd_send_signal to each of n pidfds: res[i] = 0 or -errno; how many sent. */
+int fr_signal_batch(const int *pidfds, int n, int sig, int *res);
 
 /* poll(2) two descriptors (fd2 may be -1): 1 fd readable, 2 fd2 readable,
  * 0 timeout, -1 with errno. */
