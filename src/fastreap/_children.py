@@ -342,6 +342,7 @@ def counters() -> dict[str, Any]:
         "lost": w.lost,
         "degraded_scans": w.sigchld.degraded_scans,
         "loss_checks": w.sigchld.loss_checks,
+        "sigchld_replaced": w.sigchld.replaced,
         "watched": len(w.children),
         "pidfds": w.pidfd.count,
         "backend": w.backend,

@@ -315,11 +315,14 @@ class Watcher:
                     finally:
                         self.followers -= 1
                     continue
+                pfd = self.poller()
+                if self.sigchld.no_timer:
+                    remaining = self.sigchld.cap(remaining)  # the periodic loss check, without a timer
                 self.leading = True
                 self.lock.release()
                 tokens: list[int] = []
                 try:
-                    tokens = _core.poller_wait(self.poller(), remaining)
+                    tokens = _core.poller_wait(pfd, remaining)
                 finally:
                     # Ctrl-C may interrupt acquire() itself: we must hold the
                     # lock again (and stop leading) before anything propagates.
@@ -332,6 +335,8 @@ class Watcher:
                     if pending is not None:
                         raise pending
                 self.process(tokens)
+                if self.sigchld.no_timer:
+                    self.sigchld.tick()
             return True
 
     def poll_now(self) -> None:

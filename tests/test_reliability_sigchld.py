@@ -1,0 +1,147 @@
+"""The SIGCHLD path does not trust SIGCHLD (issue 12.2, 12.3, 12.8): each
+scenario runs in a fresh interpreter, since it changes process-wide signal
+dispositions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.linux_only
+
+_PRELUDE = """
+import json, logging, os, signal, subprocess, sys, time
+import fastreap
+from fastreap import _core
+logging.basicConfig(level=logging.WARNING)
+def out(**kw):
+    print("RESULT " + json.dumps(kw), flush=True)
+"""
+
+
+def run_snippet(code: str, backend: str = "sigchld", timeout: float = 60, **env: str) -> dict:
+    """Run code in a child interpreter; return its RESULT line (and its stderr as 'stderr')."""
+    full_env = dict(os.environ, FASTREAP_BACKEND=backend, **env)
+    p = subprocess.run(
+        [sys.executable, "-c", _PRELUDE + textwrap.dedent(code)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, (p.returncode, p.stdout, p.stderr)
+    r: dict = json.loads(lines[-1][7:])
+    r["stderr"] = p.stderr
+    return r
+
+
+def test_restore_signals_keeps_the_watchers_sigchld_handler() -> None:
+    """12.2: restore_signals(SIGCHLD) after handle_signals(SIGCHLD) puts back
+    the user's part only; the watched child's code arrives."""
+    r = run_snippet(
+        """
+        c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.2; exit 7']))
+        fastreap.handle_signals(signal.SIGCHLD, fastreap.StopFlag())
+        fastreap.restore_signals(signal.SIGCHLD)
+        rc = c.wait(3)
+        out(rc=rc, ours=_core.is_installed(signal.SIGCHLD))
+        """
+    )
+    assert r["rc"] == 7 and r["ours"] is True
+
+
+@pytest.mark.parametrize("how", ["replaced", "blocked"])
+def test_no_sigchld_at_all_still_finds_the_exit(how: str) -> None:
+    """12.2: SIGCHLD replaced by another handler, or blocked in every thread:
+    the periodic loss check still finds the exit within its bound."""
+    r = run_snippet(
+        f"""
+        how = {how!r}
+        c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.2; exit 7']))
+        if how == "replaced":
+            signal.signal(signal.SIGCHLD, lambda *a: None)
+        else:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+        t = time.monotonic()
+        rc = c.wait(3)
+        out(rc=rc, took=time.monotonic() - t, counters=fastreap.counters())
+        """
+    )
+    assert r["rc"] == 7, r
+    if how == "replaced":
+        assert r["counters"]["sigchld_replaced"] == 1, r
+        assert "SIGCHLD handler was replaced" in r["stderr"]
+
+
+def test_a_replaced_handler_is_reported_to_asyncio_waiters_too() -> None:
+    """12.2 through the poller's descriptor (the timer makes it readable)."""
+    r = run_snippet(
+        """
+        import asyncio, fastreap.aio
+        async def main():
+            c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.2; exit 5']))
+            signal.signal(signal.SIGCHLD, lambda *a: None)
+            return await asyncio.wait_for(fastreap.aio.wait(c), 3)
+        out(rc=asyncio.run(main()))
+        """
+    )
+    assert r["rc"] == 5, r
+
+
+@pytest.mark.parametrize("backend", ["sigchld", "auto"])
+def test_sigchld_ignored_before_import(backend: str) -> None:
+    """12.3: SIG_IGN inherited: fastreap keeps it (the program's own children
+    are still auto-reaped: no zombie), and a watched child is reported lost
+    on both paths, promptly."""
+    code = """
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    import importlib
+    # A fresh watcher, as if fastreap were imported now.
+    from fastreap import _watcher
+    with _watcher.swapped(use_pidfd=None):
+        other = subprocess.Popen(['true'], close_fds=True)
+        c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.1; exit 3']))
+        t = time.monotonic()
+        try:
+            rc = c.wait(3)
+            lost = False
+        except fastreap.ChildLostError:
+            rc, lost = None, True
+        took = time.monotonic() - t
+        time.sleep(0.2)
+        zombie = os.path.exists(f"/proc/{other.pid}") and open(f"/proc/{other.pid}/stat").read().split(")")[1].split()[0] == "Z"
+        out(rc=rc, lost=lost, took=took, zombie=zombie, ign=signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN,
+            backend=fastreap.counters()["backend"])
+    """
+    r = run_snippet(code, backend=backend)
+    assert r["lost"] is True and r["took"] < 2.5, r
+    assert r["zombie"] is False and r["ign"] is True, r
+
+
+def test_no_timerfd_on_the_sigchld_path() -> None:
+    """12.8: timer_open failing (seccomp, gVisor): watch() works, and the
+    periodic check runs from the capped poller wait (SIGCHLD replaced here,
+    so only the periodic check can find the exit)."""
+    r = run_snippet(
+        """
+        import errno
+        def refuse():
+            raise OSError(errno.ENOSYS, "no timerfd")
+        _core.timer_open = refuse
+        from fastreap import _watcher
+        with _watcher.swapped(use_pidfd=False) as w:
+            c = fastreap.watch(subprocess.Popen(['sh', '-c', 'exit 4']))
+            rc1 = c.wait(3)
+            c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.2; exit 7']))
+            signal.signal(signal.SIGCHLD, lambda *a: None)
+            rc2 = c.wait(3)
+            out(rc1=rc1, rc2=rc2, tfd=w.sigchld.tfd)
+        """
+    )
+    assert r["rc1"] == 4 and r["rc2"] == 7 and r["tfd"] == -1, r
