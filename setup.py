@@ -1,4 +1,5 @@
-"""Build the one extension, fastreap._core (Cython plus the plain C in _csrc/)."""
+"""Build the two extensions: fastreap._core (Cython plus the plain C in _csrc/)
+and fastreap._bench._cref (plain C: the C references of `fastreap bench`)."""
 
 import os
 import sys
@@ -21,18 +22,29 @@ if DEBUG:
 else:
     CFLAGS += ["-O2"]
 
-DIRECTIVES = {"language_level": 3, "freethreading_compatible": True, "embedsignature": True}
+DIRECTIVES = {"language_level": 3, "freethreading_compatible": False, "embedsignature": True}
 
 core = Extension(
     "fastreap._core",
     sources=[
         "src/fastreap/_core.pyx",
         "src/fastreap/_csrc/handler.c",
-        "src/fastreap/_csrc/reaper.c",
+        "src/fastreap/_csrc/reap.c",
+        # One backend each, wholly guarded by its platform's #if.
+        "src/fastreap/_csrc/poller_epoll.c",
+        "src/fastreap/_csrc/poller_kqueue.c",
     ],
     include_dirs=["src/fastreap/_csrc"],
     extra_compile_args=CFLAGS,
     extra_link_args=LDFLAGS,
 )
 
-setup(ext_modules=cythonize([core], compiler_directives=DIRECTIVES, include_path=["src"]))
+# The C references of `fastreap bench`: their own small extension, not in _core.
+cref = Extension(
+    "fastreap._bench._cref",
+    sources=["src/fastreap/_bench/_cref.c"],
+    extra_compile_args=CFLAGS,
+    extra_link_args=LDFLAGS,
+)
+
+setup(ext_modules=cythonize([core, cref], compiler_directives=DIRECTIVES, include_path=["src"]))

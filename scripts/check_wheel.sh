@@ -57,7 +57,7 @@ for need in \
     setup.py pyproject.toml MANIFEST.in README.md LICENSE \
     src/fastreap/__init__.py src/fastreap/_core.pyx src/fastreap/_core.pyi src/fastreap/py.typed \
     src/fastreap/_csrc/handler.c src/fastreap/_csrc/handler.h src/fastreap/_csrc/handler.pxd \
-    src/fastreap/_csrc/reaper.c src/fastreap/_csrc/reaper.h src/fastreap/_csrc/reaper.pxd \
+    src/fastreap/_csrc/reap.c src/fastreap/_csrc/reaper.h src/fastreap/_csrc/reaper.pxd \
     src/fastreap/_csrc/compat.h src/fastreap/_csrc/__init__.pxd \
     tests/conftest.py; do
     grep -qx "$need" "$work/sdist.txt" || fail "sdist lacks $need"

@@ -22,7 +22,7 @@ step() {
     "$@" || { echo "lint: FAILED: $*" >&2; status=1; }
 }
 shopt -s nullglob
-csrc=(src/fastreap/_csrc/*.c src/fastreap/_csrc/*.h)
+csrc=(src/fastreap/_csrc/*.c src/fastreap/_csrc/*.h src/fastreap/_bench/*.c)
 cy=(src/fastreap/*.pyx src/fastreap/*.pxd src/fastreap/_csrc/*.pxd)
 if [ "${FIX:-0}" = 1 ]; then
     ruff check --fix .

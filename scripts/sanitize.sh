@@ -48,7 +48,7 @@ FASTREAP_DEBUG_BUILD=1 "$vpy" -m pip install -q --disable-pip-version-check --no
     exit 2
 # The extension really is instrumented.
 so=$(ls "$("$vpy" -c 'import sysconfig; print(sysconfig.get_path("platlib"))')"/fastreap/_core*.so) || exit 2
-if ! ldd "$so" | grep -q libasan || ! nm -D "$so" | grep -q __ubsan_handle; then
+if ! ldd "$so" | grep libasan >/dev/null || ! nm -D "$so" | grep __ubsan_handle >/dev/null; then
     echo "sanitize: $so is not built with ASan+UBSan" >&2
     exit 2
 fi

@@ -632,27 +632,3 @@ def test_pxd_default_flag_stops_main_thread_c_loop_on_sigterm(frspin: Path) -> N
     code, r, out = finish(p)
     assert code == 0, out
     assert r == {"stopped": True, "signal": signal.SIGTERM}
-
-
-# ------------------------------------------------ the benchmark, as a smoke test
-
-
-@pytest.mark.bench
-def test_bench_flags_quick_runs() -> None:
-    """_bench_flags.run(quick=True) in its own interpreter (it handles SIGTERM
-    and signals itself): every case has samples; no speed is asserted here."""
-    code = (
-        "import json, math; from fastreap import _bench_flags as b\n"
-        "rs = b.run(True, lambda m: None)\n"
-        "print(json.dumps([[r.group, r.name, len(r.samples), math.isfinite(r.median)] for r in rs]))\n"
-    )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    rows = json.loads(p.stdout.splitlines()[-1])
-    names = {(g, n) for g, n, _, _ in rows}
-    from fastreap import _bench_flags as b
-
-    assert (b.CHECK, b.STOP) in names and (b.CHECK, b.TEV) in names and (b.CHECK_MP, b.MPEV) in names
-    latency = [r for r in rows if r[0] == b.LATENCY]
-    assert len(latency) == 4
-    assert all(n > 0 and finite for _, _, n, finite in rows), rows

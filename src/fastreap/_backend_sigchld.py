@@ -67,8 +67,6 @@ _PERIOD = 0.25
 _PERIOD_DEGRADED = 0.1
 
 _log = logging.getLogger("fastreap")
-# Asks the kernel (sigaction) whether fastreap's handler is the installed one.
-_handler_installed = getattr(_core, "handler_installed", _core.is_installed)
 
 
 def sigchld_ignored() -> bool:
@@ -159,7 +157,7 @@ class SigchldBackend:
         """Is our handler still installed? Report a replacement once."""
         if not self.installed:
             return
-        ok = _handler_installed(_signal.SIGCHLD)
+        ok = _core.handler_installed(_signal.SIGCHLD)  # asks the kernel
         if ok:
             self.gone = False
         elif not self.gone:

@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True, embedsignature=True
+# cython: language_level=3, freethreading_compatible=False, embedsignature=True
 """fastreap._core: the compiled core.
 
 Stop flags (their memory, wake-up descriptors and the C handler's tables) and
@@ -10,7 +10,7 @@ monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.pycapsule cimport PyCapsule_New
-from libc.errno cimport ECHILD, EINTR, ENOSPC, ENOSYS, errno
+from libc.errno cimport EACCES, ECHILD, EINTR, EINVAL, ENOSPC, ENOSYS, EPERM, errno
 from libc.stdint cimport int64_t, uintptr_t
 from libc.math cimport isinf, isnan
 
@@ -140,15 +140,13 @@ cdef class StopFlag:
 
     cdef _create_shared(self):
         cdef int rfd = -1, wfd = -1
-        if hasattr(_os, "memfd_create"):
-            memfd = _os.memfd_create("fastreap-flag", _os.MFD_CLOEXEC)
-        else:
-            import tempfile
-            with tempfile.TemporaryFile() as tf:
-                memfd = _os.dup(tf.fileno())
-            _os.set_inheritable(memfd, False)
+        memfd = _shared_memfd()
         try:
             if ftruncate(memfd, sizeof(fr_flagmem)) < 0:
+                _raise_errno()
+            # Sealed so that no holder can shrink it under the others (SIGBUS);
+            # the tempfile fallback cannot be sealed.
+            if fr_memfd_seal(memfd) < 0 and errno != EINVAL:
                 _raise_errno()
             if fr_wakefd_open(&rfd, &wfd) < 0:
                 _raise_errno()
@@ -315,10 +313,30 @@ cdef class StopFlag:
         return (_rebuild_shared_flag, fds)
 
 
+def _shared_memfd():
+    """A close-on-exec descriptor for a shared flag's memory: a sealable
+    memfd, or an unlinked temporary file where there is no memfd_create
+    (macOS) or the kernel refuses it (before 3.17, seccomp, gVisor)."""
+    if hasattr(_os, "memfd_create"):
+        try:
+            return _os.memfd_create("fastreap-flag", _os.MFD_CLOEXEC | _os.MFD_ALLOW_SEALING)
+        except OSError as e:
+            if e.errno not in (ENOSYS, EPERM, EACCES, EINVAL):
+                raise  # EMFILE, ENOMEM: the fallback would fail the same way
+    import tempfile
+    with tempfile.TemporaryFile() as tf:
+        fd = _os.dup(tf.fileno())  # os.dup makes it non-inheritable
+    return fd
+
+
 def _rebuild_shared_flag(memfd, rfd, wfd):
     m = memfd.detach()
     r = rfd.detach()
     w = wfd.detach() if wfd is not None else r
+    # Received from the parent (spawn passes them inherited, forkserver over
+    # a socket without MSG_CMSG_CLOEXEC): keep them out of exec'd grandchildren.
+    for fd in {m, r, w}:
+        _os.set_inheritable(fd, False)
     return StopFlag(shared=True, _internal=(m, r, w))
 
 
@@ -360,9 +378,21 @@ def save(int signo):
         _raise_errno()
 
 
-def restore(int signo):
-    if fr_restore(signo) < 0:
+def restore(int signo, put_back=None):
+    """Forget the saved disposition of signo and put it back: when put_back
+    is None, only if fastreap's handler is still the installed one (a newer
+    handler, from signal.signal or a C library, stays)."""
+    if fr_restore(signo, -1 if put_back is None else (1 if put_back else 0)) < 0:
         _raise_errno()
+
+
+def handler_installed(int signo):
+    """Whether fastreap's handler is installed for signo right now (asks the
+    kernel, unlike is_installed, which reads fastreap's books)."""
+    cdef int r = fr_handler_installed(signo)
+    if r < 0:
+        _raise_errno()
+    return r != 0
 
 
 def is_installed(int signo):
@@ -459,12 +489,11 @@ def poller_close_fd(int pfd, int fd):
 
 def timer_open():
     """A one-shot monotonic timer descriptor (Linux timerfd), readable once
-    it fires. NotImplementedError where there is none."""
+    it fires. OSError where there is none (ENOSYS off Linux; ENOSYS or EPERM
+    under seccomp or gVisor, EMFILE out of descriptors)."""
     cdef int fd = fr_timer_open()
     if fd < 0:
-        if errno == ENOSYS:
-            raise NotImplementedError("timer_open needs Linux (timerfd)")
-        _raise_errno()
+        _raise_errno()  # OSError with the errno (ENOSYS: no timerfd here)
     return fd
 
 
@@ -540,10 +569,7 @@ def peek(int pid, int pidfd=-1):
     cdef int code = 0, status = 0, r
     if pid <= 0:
         raise ValueError(f"pid must be > 0, got {pid}")
-    while True:
-        r = fr_peek(pidfd, pid, &code, &status)
-        if not (r < 0 and errno == EINTR):
-            break
+    r = fr_peek(pidfd, pid, &code, &status)  # retries EINTR itself (WNOHANG)
     if r < 0:
         _raise_errno()
     if r == 0:
@@ -574,10 +600,7 @@ def reap_pid(int pid, int pidfd=-1):
     cdef int r
     if pid <= 0:
         raise ValueError(f"pid must be > 0, got {pid}")
-    while True:
-        r = fr_reap(pidfd, pid, &e)
-        if not (r < 0 and errno == EINTR):
-            break
+    r = fr_reap(pidfd, pid, &e)  # retries EINTR itself (WNOHANG)
     if r < 0:
         _raise_errno()
     if r == 0:
@@ -606,65 +629,3 @@ def set_subreaper(bint on):
         if errno == ENOSYS:
             raise NotImplementedError("set_subreaper needs Linux (PR_SET_CHILD_SUBREAPER)")
         _raise_errno()
-
-
-# ----------------------------------------------- C references (fastreap bench)
-
-def _cref_fork_wait(int n):
-    """ns per child for n rounds of fork / _exit(0) / waitpid, all in C."""
-    cdef double r
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    with nogil:
-        r = fr_cref_fork_wait(n)
-    if r < 0:
-        _raise_errno()
-    return r
-
-
-def _cref_pidfd_latency(int n):
-    """n exit-to-notice latencies (ns) of pidfd + poll, measured in C."""
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    cdef double *buf = <double *>PyMem_RawCalloc(n, sizeof(double))
-    cdef int r
-    if buf == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            r = fr_cref_pidfd_latency(n, buf)
-        if r < 0:
-            if errno == ENOSYS:
-                raise NotImplementedError("pidfd needs Linux >= 5.3")
-            _raise_errno()
-        return [buf[i] for i in range(n)]
-    finally:
-        PyMem_RawFree(buf)
-
-
-def _cref_fork_stamper():
-    """Fork a C child that _exits right after stamping the monotonic clock,
-    once a byte is written to go_fd; return (pid, go_fd). The caller closes
-    go_fd and reaps pid; _cref_last_stamp() then gives the stamp (ns)."""
-    cdef int go = -1, pid
-    with nogil:
-        pid = fr_cref_fork_stamper(&go)
-    if pid < 0:
-        _raise_errno()
-    return pid, go
-
-
-def _cref_last_stamp():
-    return fr_cref_last_stamp()
-
-
-def _cref_flag_load(long n):
-    """ns per acquire load of the default stop flag in a C loop."""
-    cdef double r
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    with nogil:
-        r = fr_cref_flag_load(n)
-    if r < 0:
-        _raise_errno()
-    return r

@@ -167,22 +167,26 @@ def _chain(rec: _Record) -> bool:
 
 
 def _undo(s: int, rec: _Record) -> None:
+    # Put back only what is still ours: a handler installed since (signal.signal,
+    # a C library) stays, Python-level one included.
+    ours = _core.handler_installed(s)
     if s in _kept:
-        # The watcher's installation is not the user's: drop the user's part only.
-        ours = _core.is_installed(s)
-        if rec.py_changed:
+        # The watcher's installation is not the user's: drop the user's part
+        # only (flags, exit mode, Python handler) and keep the watcher's.
+        if rec.py_changed and ours:
             _core.set_exit(s, False)
             prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
             _signal.signal(s, prev)
         for f in rec.flags:
             _core.unbind(s, f)
+        _core.set_exit(s, False)
         if ours:
             _core.install(s, True, True)  # SA_RESTART, as the watcher installs it
         return
-    if rec.py_changed:
+    if rec.py_changed and ours:
         prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
         _signal.signal(s, prev)
-    _core.restore(s)
+    _core.restore(s, ours)
     for f in rec.flags:
         _core.unbind(s, f)
 

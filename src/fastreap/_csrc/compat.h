@@ -21,6 +21,14 @@
 #ifndef __NR_pidfd_open
 #define __NR_pidfd_open 434
 #endif
+/* memfd seals (3.17); the values are the kernel's, for headers that lack them. */
+#include <fcntl.h>
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#define F_SEAL_SEAL 0x0001
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#endif
 #else
 #define FASTREAP_LINUX 0
 #endif
@@ -29,6 +37,11 @@
 #define FASTREAP_APPLE 1
 #else
 #define FASTREAP_APPLE 0
+#endif
+
+/* One backend file per platform (poller_epoll.c, poller_kqueue.c). */
+#if !FASTREAP_LINUX && !FASTREAP_APPLE
+#error "fastreap supports Linux and macOS only"
 #endif
 
 #endif /* FASTREAP_COMPAT_H */

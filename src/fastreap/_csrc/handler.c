@@ -147,6 +147,20 @@ void fr_flag_publish_fds(fr_flag *f, int rfd, int wfd) {
     if (LOAD(&f->mem->state)) fr_wakefd_poke(wfd);
 }
 
+/* Seal a shared flag's memfd against resizing: a holder that could shrink
+ * it would kill every sharer with SIGBUS (inside the signal handler too).
+ * Linux only (memfd seals, 3.17); elsewhere, or for a file that cannot be
+ * sealed (the tempfile fallback), EINVAL. */
+int fr_memfd_seal(int fd) {
+#if FASTREAP_LINUX && defined(F_ADD_SEALS)
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+#else
+    (void)fd;
+    errno = EINVAL;
+    return -1;
+#endif
+}
+
 /* ---- binding ----------------------------------------------------------- */
 
 static int valid_signo(int signo) {
@@ -241,6 +255,10 @@ int fr_save(int signo) {
 
 int fr_install(int signo, int restart, int chain) {
     struct sigaction sa;
+    if (!valid_signo(signo)) { /* before any table is indexed by signo */
+        errno = EINVAL;
+        return -1;
+    }
     int newly_saved = !fr_saved_valid[signo];
     if (fr_save(signo) < 0) return -1;
     /* Chain only to a real function that was there before us. */
@@ -274,13 +292,32 @@ int fr_install(int signo, int restart, int chain) {
     return 0;
 }
 
-int fr_restore(int signo) {
+int fr_handler_installed(int signo) {
+    struct sigaction cur;
+    if (!valid_signo(signo)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (sigaction(signo, NULL, &cur) < 0) return -1;
+    return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fr_handler;
+}
+
+int fr_restore(int signo, int put_back) {
     if (!valid_signo(signo)) {
         errno = EINVAL;
         return -1;
     }
     if (!fr_saved_valid[signo]) return 0;
-    if (sigaction(signo, &fr_saved[signo], NULL) < 0) return -1;
+    /* Put the saved action back only while our handler is still the one
+     * installed. If someone replaced it since (Python's signal.signal, a C
+     * library, ctypes), theirs is newer than what we saved: leave it alone
+     * and just forget our state. (A replacement racing between the query and
+     * the set cannot be excluded: sigaction has no compare-and-swap.) */
+    if (put_back < 0) {
+        put_back = fr_handler_installed(signo);
+        if (put_back < 0) return -1;
+    }
+    if (put_back && sigaction(signo, &fr_saved[signo], NULL) < 0) return -1;
     STORE(&fr_exit_mode[signo], 0);
     STORE(&fr_chain_kind[signo], 0);
     fr_saved_valid[signo] = 0;
@@ -321,23 +358,41 @@ int fr_global_wake_open(void) {
 }
 
 /* In a forked child the descriptor is shared with the parent: make a new one
- * and move it onto the same numbers so nobody holds a stale number. */
+ * and move it onto the same numbers so nobody holds a stale number. On
+ * failure the old numbers stay (shared with the parent: spurious wake-ups,
+ * nothing lost) and nothing leaks. */
 int fr_global_wake_reopen(void) {
     int r, w, oldr = LOAD(&fr_gw_r), oldw = LOAD(&fr_gw_w);
     if (oldr < 0) return 0;
     if (fr_wakefd_open(&r, &w) < 0) return -1;
 #if FASTREAP_LINUX
-    if (dup3(r, oldr, O_CLOEXEC) < 0) return -1;
+    (void)oldw; /* one eventfd: oldw == oldr */
+    int ok = dup3(r, oldr, O_CLOEXEC) >= 0;
+    int e = errno;
     close(r);
+    errno = e;
+    return ok ? 0 : -1;
 #else
-    if (dup2(r, oldr) < 0 || dup2(w, oldw) < 0) return -1;
-    fcntl(oldr, F_SETFD, FD_CLOEXEC);
-    fcntl(oldw, F_SETFD, FD_CLOEXEC);
+    if (dup2(r, oldr) < 0) {
+        int e = errno;
+        close(r);
+        close(w);
+        errno = e;
+        return -1;
+    }
     close(r);
-    close(w);
+    int ok = fcntl(oldr, F_SETFD, FD_CLOEXEC) >= 0;
+    if (dup2(w, oldw) >= 0) {
+        close(w);
+        ok = fcntl(oldw, F_SETFD, FD_CLOEXEC) >= 0 && ok;
+    } else {
+        /* Keep the new pipe's write end under its own number: the pair stays
+         * one pipe; the old number is the parent's and stays open. */
+        STORE(&fr_gw_w, w);
+        ok = 0;
+    }
+    return ok ? 0 : -1;
 #endif
-    (void)oldw;
-    return 0;
 }
 
 /* ---- SIGCHLD ring ------------------------------------------------------ */

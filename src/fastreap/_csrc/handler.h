@@ -51,6 +51,10 @@ void fr_wakefd_drain(int rfd);
 /* Write one wake-up; async-signal-safe. */
 void fr_wakefd_poke(int wfd);
 
+/* Seal a shared flag's memfd (no shrink, no grow, no more seals); 0 or -1
+ * with errno (EINVAL where there are no seals). */
+int fr_memfd_seal(int fd);
+
 /* The process default flag (static memory, so its address never changes). */
 extern fr_flag fr_default_flag;
 
@@ -66,8 +70,13 @@ void fr_quiesce(void);
 int fr_install(int signo, int restart, int chain);
 /* Save the current disposition without installing (for the exit=True dance). */
 int fr_save(int signo);
-/* Put the saved disposition back; 0 or -1 with errno. */
-int fr_restore(int signo);
+/* 1 if fr_handler is installed for signo right now (sigaction query), 0 if
+ * another disposition is, -1 with errno. */
+int fr_handler_installed(int signo);
+/* Forget the saved disposition, and put it back when put_back is 1, or
+ * when it is -1 and our handler is still installed (a newer handler stays);
+ * 0 or -1 with errno. */
+int fr_restore(int signo, int put_back);
 /* 1 if our handler is the one installed for signo according to our books. */
 int fr_is_installed(int signo);
 /* Ask the handler to call the interrupt function (PyErr_SetInterruptEx). */

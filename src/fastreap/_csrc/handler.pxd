@@ -25,6 +25,7 @@ cdef extern from "handler.h" nogil:
     int fr_wakefd_open(int *rfd, int *wfd)
     void fr_wakefd_drain(int rfd)
     void fr_wakefd_poke(int wfd)
+    int fr_memfd_seal(int fd)
 
     fr_flag fr_default_flag
 
@@ -33,7 +34,8 @@ cdef extern from "handler.h" nogil:
     void fr_quiesce()
     int fr_install(int signo, int restart, int chain)
     int fr_save(int signo)
-    int fr_restore(int signo)
+    int fr_handler_installed(int signo)
+    int fr_restore(int signo, int put_back)
     int fr_is_installed(int signo)
     void fr_set_exit(int signo, int on)
     void fr_set_interrupt_fn(int (*fn)(int) noexcept)

@@ -1,4 +1,8 @@
-/* reaper.h: blocking waits and reaping primitives, called without the GIL. */
+/* reaper.h: blocking waits and reaping primitives, called without the GIL.
+ * Implemented by reap.c (portable: wait4, waitid, poll; the EINTR rule) and
+ * one backend per platform: poller_epoll.c (Linux: epoll, timerfd, pidfd,
+ * waitid P_PIDFD, subreaper) or poller_kqueue.c (macOS: kqueue EVFILT_PROC);
+ * backend.h is what they share. Calls a platform lacks fail with ENOSYS. */
 #ifndef FASTREAP_REAPER_H
 #define FASTREAP_REAPER_H
 
@@ -60,21 +64,5 @@ int fr_reap_all(fr_exit *out, int max);
 int fr_wait_readable(int fd, int fd2, double timeout);
 
 int fr_set_subreaper(int on);
-
-/* C references for `fastreap bench` (what the same work costs with no Python
- * in the way). Each returns nanoseconds per iteration, or -1 with errno. */
-/* n times: fork(); the child _exit(0)s; waitpid(pid) in the parent. */
-double fr_cref_fork_wait(int n);
-/* Fork a C child (no Python runs in it) that waits for a byte on a pipe,
- * stamps CLOCK_MONOTONIC into a shared page and _exit(0)s. Returns its pid
- * and the pipe's write end in *go_wfd (close-on-exec), or -1 with errno. */
-int fr_cref_fork_stamper(int *go_wfd);
-/* The last stamp a stamper child wrote (ns, CLOCK_MONOTONIC). */
-int64_t fr_cref_last_stamp(void);
-/* n times: a stamper child watched with pidfd + poll. Writes n latencies
- * (stamp -> poll return, ns) into out. */
-int fr_cref_pidfd_latency(int n, double *out);
-/* n acquire loads of the process default stop flag. */
-double fr_cref_flag_load(long n);
 
 #endif /* FASTREAP_REAPER_H */

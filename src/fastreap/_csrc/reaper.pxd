@@ -29,8 +29,3 @@ cdef extern from "reaper.h" nogil:
     int fr_reap_all(fr_exit *out, int max)
     int fr_wait_readable(int fd, int fd2, double timeout)
     int fr_set_subreaper(int on)
-    double fr_cref_fork_wait(int n)
-    int fr_cref_fork_stamper(int *go_wfd)
-    int64_t fr_cref_last_stamp()
-    int fr_cref_pidfd_latency(int n, double *out)
-    double fr_cref_flag_load(long n)

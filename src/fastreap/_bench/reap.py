@@ -1,11 +1,14 @@
-"""Benchmarks of the parent side: exit-to-notice latency and per-exit cost.
+"""Benchmarks of the parent side: fork cost, exit-to-notice latency and per-exit cost.
+
+Fork cost: fork + ``_exit`` + reap per child, in a C loop (``_cref.fork_wait``)
+and from Python, interleaved.
 
 Latency is measured from ``kill(pid, SIGKILL)`` to the moment the waiter
 returns with the child reaped: a helper thread records the time and sends the
 signal while the main thread is already blocked in the method under test, so
 every method pays the same signal delivery and exit; only the noticing differs.
 The baseline is ``os.pidfd_open`` + ``select.poll`` + ``os.waitpid`` measured
-in the same run. Per-exit cost keeps N watched ``/bin/sleep`` children alive and
+in the same run. Per-exit cost keeps N watched idle ``cat`` children (see _util.lifeline) alive and
 times the notice of one more exiting child (goal: flat in N).
 """
 
@@ -19,15 +22,14 @@ import signal
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
-from ._benchutil import Progress, Result
-
-_SLEEP = ["/bin/sleep", "600"]
-
+from . import _cref
+from ._util import IDLE, Goal, Progress, Result, lifeline, pick, spawn_idle
 
 def _spawn() -> int:
-    return os.posix_spawn(_SLEEP[0], ["sleep", _SLEEP[1]], os.environ)
+    return spawn_idle()
 
 
 class _Killer:
@@ -75,9 +77,9 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
     turn, n rounds) so that drift in the machine's state hits them alike."""
     import fastreap
 
-    group = f"exit-to-notice latency, {live} live"
-    goal = "<= 1.2x pidfd+poll"
+    group = f"exit-to-notice latency, idle child SIGKILLed, {live} live"
     base = "os.pidfd_open+select.poll"
+    goal = Goal("<= 1.2x os.pidfd_open+poll", base, 1.2)
     others = [_spawn() for _ in range(live - 1)]
     other_kids = [fastreap.watch(p) for p in others]
     have_pidfd = hasattr(os, "pidfd_open")
@@ -103,7 +105,7 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
 
         methods: list[tuple[Result, Callable[[], object], Callable[[object], None]]] = []
         if have_pidfd:
-            methods.append((Result(group, base, "us", note="baseline"), _spawn, pidfd_block))
+            methods.append((Result(group, base, "us"), _spawn, pidfd_block))
         bl = base if have_pidfd else None
         methods += [
             (
@@ -114,7 +116,7 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
             (Result(group, "fastreap.wait(FIRST_EXITED)", "us", baseline=bl, goal=goal), fr_start, fr_wait),
             (
                 Result(group, "Popen.wait(timeout)", "us", baseline=bl),
-                lambda: subprocess.Popen(_SLEEP),
+                lambda: subprocess.Popen(IDLE, stdin=lifeline()),
                 lambda p: p.wait(600),  # type: ignore[attr-defined]
             ),
         ]
@@ -131,7 +133,10 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
         for _ in range(n):
             for row, start, block in methods:
                 row.samples += _measure(killer, start, block, 1)
-        return [row for row, _s, _b in methods]
+        rows = [row for row, _s, _b in methods]
+        if psutil is None:
+            rows.append(Result(group, "psutil.wait_procs", "us", skipped="psutil is not installed"))
+        return rows
     finally:
         for fd in other_fds:
             os.close(fd)
@@ -171,7 +176,7 @@ def _per_exit(
         "us",
         samples,
         baseline="100 live",
-        goal="flat",
+        goal=None if live == 100 else Goal("flat: <= 1.2x 100 live", "100 live", 1.2),
         note=(
             f"{lim}{counts['backend']}, {counts['pidfds']:,} pidfds, rest on SIGCHLD; "
             f"{counts['loss_checks'] - before['loss_checks']} loss checks in {n} exits"
@@ -179,21 +184,84 @@ def _per_exit(
     )
 
 
+def _fork_exit_waitpid(n: int) -> None:
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def _fork_watch_wait(n: int) -> None:
+    import fastreap
+
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        fastreap.watch(pid).wait()
+
+
+def _popen_true(n: int) -> None:
+    for _ in range(n):
+        subprocess.Popen(["true"]).wait()
+
+
+def _fork_cost(quick: bool, progress: Progress) -> list[Result]:
+    """fork + _exit + reap per child, in C and from Python, interleaved (one
+    batch of each in turn) so drift hits them all alike."""
+    batch, repeat = pick(quick, (100, 15), (40, 5), (3, 2))
+    g = "fork + exit + reap, per child"
+    base = "C fork/_exit/waitpid loop"
+
+    def c_loop(n: int) -> None:
+        _cref.fork_wait(n)
+
+    cases: list[tuple[Result, Callable[[int], object], int]] = [
+        (Result(g, base, "us"), c_loop, batch),
+        (Result(g, "os.fork + os._exit + os.waitpid", "us", baseline=base), _fork_exit_waitpid, batch),
+        (Result(g, "os.fork + fastreap.watch(pid).wait()", "us", baseline=base), _fork_watch_wait, batch),
+        (
+            Result(
+                g,
+                "subprocess.Popen(['true']).wait()",
+                "us",
+                baseline=base,
+                note="vfork/posix_spawn + exec of true: no copy of this process's page tables",
+            ),
+            _popen_true,
+            max(5, batch // 2),
+        ),
+    ]
+    with warnings.catch_warnings():
+        # os.fork() warns when the process has threads (3.12+); the children
+        # here only _exit, which is safe.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for i in range(repeat):
+            progress(f"{g}: round {i + 1}/{repeat}")
+            for row, fn, b in cases:
+                t0 = time.perf_counter_ns()
+                fn(b)
+                row.samples.append((time.perf_counter_ns() - t0) / b / 1e3)
+    return [row for row, _f, _b in cases]
+
+
 def run(quick: bool, progress: Progress) -> list[Result]:
     """Run the reaping benchmarks (quick: a few samples each)."""
-    n = 15 if quick else 60
+    n = pick(quick, 60, 10, 2)
+    big = pick(quick, 10000, 1000, 300)  # > 256: past the pidfd budget under nofile 1,024
     killer = _Killer()
-    out: list[Result] = []
+    out: list[Result] = _fork_cost(quick, progress)
     try:
         for live in (1, 16):
             progress(f"latency with {live} live children")
             out += _latency(live, n, killer)
-        for live in (100, 1000, 10000):
+        for live in (100, 1000, big) if big > 1000 else (100, big):
             progress(f"per-exit cost with {live} live children")
             out.append(_per_exit(live, n, killer))
-        progress("per-exit cost with 10000 live children under RLIMIT_NOFILE 1024")
-        out.append(_per_exit(10000, n, killer, nofile=1024))
-        for live in (100, 10000):
+        progress(f"per-exit cost with {big} live children under RLIMIT_NOFILE 1024")
+        out.append(_per_exit(big, n, killer, nofile=1024))
+        for live in (100, big):
             progress(f"per-exit cost, SIGCHLD path only, {live} live children")
             out.append(_per_exit(live, n, killer, sigchld_only=True))
     finally:

@@ -1,0 +1,143 @@
+/* reap.c: the portable part of the blocking and reaping calls (POSIX: wait4,
+ * waitid, poll), over the one backend compiled for this platform
+ * (poller_epoll.c on Linux, poller_kqueue.c on macOS; see backend.h).
+ *
+ * Everything here and in the backends is called with the GIL released
+ * (Cython `with nogil`), so it touches no Python object. The EINTR rule: a
+ * call that can block (poll, epoll_wait, kevent) returns -1 with errno EINTR,
+ * so the caller can run Python's signal handlers and go on with the
+ * remaining time; a call that cannot block (WNOHANG waits, reads of
+ * non-blocking descriptors, registrations) retries EINTR itself, since going
+ * back to Python would gain nothing.
+ */
+#define _GNU_SOURCE 1
+#include "backend.h"
+#include "compat.h"
+#include "reaper.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int fr_poller_close_fd(int pfd, int fd) {
+    /* Deregister first: if a forked child still holds a copy of fd, close()
+     * alone would leave it registered (epoll tracks the open file). */
+    int saved = 0;
+    if (fr_poller_del_fd(pfd, fd) < 0) saved = errno;
+    if (close(fd) < 0 && saved == 0) saved = errno;
+    if (saved == 0 || saved == ENOENT || saved == EBADF) return 0;
+    errno = saved;
+    return -1;
+}
+
+int fr_timer_drain(int fd) {
+    uint64_t n;
+    ssize_t r;
+    do {
+        r = read(fd, &n, sizeof n);
+    } while (r < 0 && errno == EINTR);
+    return (r < 0 && errno != EAGAIN) ? -1 : 0;
+}
+
+/* ---- waiting and reaping ----------------------------------------------- */
+
+/* Set once the kernel refused P_PIDFD: from then on only the pid is used. */
+static int fr_no_p_pidfd;
+
+static int use_pidfd(int pidfd) {
+    return pidfd >= 0 && !__atomic_load_n(&fr_no_p_pidfd, __ATOMIC_RELAXED);
+}
+
+/* After a P_PIDFD waitid failed: was P_PIDFD itself refused? EINVAL from a
+ * kernel without it (5.3 has pidfds, not P_PIDFD), ENOSYS or EPERM from a
+ * seccomp filter or sandbox that filters waitid by its arguments (gVisor,
+ * some container runtimes), ENOSYS from a backend without pidfds. Then fall
+ * back to the pid, now and from then on. */
+static int p_pidfd_refused(void) {
+    if (errno != EINVAL && errno != ENOSYS && errno != EPERM) return 0;
+    __atomic_store_n(&fr_no_p_pidfd, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+int fr_peek(int pidfd, int pid, int *code, int *status) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int r = -1;
+    if (use_pidfd(pidfd)) {
+        r = fr_backend_peek_pidfd(pidfd, &si);
+        if (r < 0 && !p_pidfd_refused()) return -1;
+    }
+    while (r < 0 && waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        if (errno != EINTR) return -1;
+    if (si.si_pid == 0) return 0;
+    *code = si.si_code;
+    *status = si.si_status;
+    return 1;
+}
+
+int fr_peek_any(void) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    while (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        if (errno != EINTR) return -1;
+    return (int)si.si_pid;
+}
+
+/* wait4(pid, WNOHANG) with rusage; pid -1: any child. */
+static int reap_by_pid(int pid, fr_exit *out) {
+    struct rusage ru;
+    int status = 0;
+    memset(&ru, 0, sizeof ru);
+    pid_t r;
+    do {
+        r = wait4(pid, &status, WNOHANG, &ru);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return -1;
+    if (r == 0) return 0;
+    out->pid = (int)r;
+    out->status = status;
+    out->utime = fr_tv_seconds(ru.ru_utime);
+    out->stime = fr_tv_seconds(ru.ru_stime);
+    out->maxrss = ru.ru_maxrss;
+    return 1;
+}
+
+int fr_reap(int pidfd, int pid, fr_exit *out) {
+    if (use_pidfd(pidfd)) {
+        int r = fr_backend_reap_pidfd(pidfd, out);
+        if (r >= 0 || !p_pidfd_refused()) return r;
+    }
+    return reap_by_pid(pid, out);
+}
+
+int fr_reap_all(fr_exit *out, int max) {
+    int n = 0;
+    while (n < max) {
+        int r = reap_by_pid(-1, &out[n]);
+        if (r < 0) {
+            if (errno == ECHILD) break;
+            return n ? n : -1;
+        }
+        if (r == 0) break;
+        n++;
+    }
+    return n;
+}
+
+int fr_wait_readable(int fd, int fd2, double timeout) {
+    struct pollfd p[2];
+    p[0].fd = fd;
+    p[0].events = POLLIN;
+    p[0].revents = 0;
+    p[1].fd = fd2;
+    p[1].events = POLLIN;
+    p[1].revents = 0;
+    int r = poll(p, fd2 >= 0 ? 2 : 1, fr_timeout_ms(timeout));
+    if (r <= 0) return r;
+    if (p[0].revents) return 1;
+    return 2;
+}

@@ -1,0 +1,165 @@
+"""Child interpreter for tests/test_hostile.py: one scenario per run.
+
+    python hostile.py SCENARIO [ARG...]
+
+Prints ``RESULT <json>`` lines that the test asserts on. The scenarios change
+signal dispositions or run under the fault-injection shim (LD_PRELOAD of
+tests/programs/faultshim.c, configured by FASTREAP_FAULT), which is why they
+run in their own interpreter and not in pytest's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import fastreap
+from fastreap import _core
+
+
+def result(**kw: object) -> None:
+    print("RESULT", json.dumps(kw), flush=True)
+
+
+def restore_python(exit: str = "") -> None:
+    """restore_signals() after signal.signal(): the newer Python handler stays
+    (with exit=True too, where fastreap had set a Python-level handler itself)."""
+    got = []
+    if exit:
+        fastreap.handle_signals(signal.SIGUSR1, exit=True)
+    else:
+        fastreap.handle_signals(signal.SIGUSR1, fastreap.StopFlag())
+    signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+    fastreap.restore_signals()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.05)  # the Python handler runs at the next bytecode boundary
+    result(got=got, handler_is_ours=_core.is_installed(signal.SIGUSR1))
+
+
+def restore_ctypes() -> None:
+    """restore_signals() after a C handler was installed through ctypes (libc's
+    _exit, async-signal-safe: the process exits with the signal number as its
+    code): that handler stays."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    fastreap.handle_signals(signal.SIGUSR1, fastreap.StopFlag())
+    if (
+        libc.signal(signal.SIGUSR1, ctypes.cast(libc._exit, ctypes.c_void_p).value)
+        == ctypes.c_void_p(-1).value
+    ):
+        raise OSError(ctypes.get_errno(), "signal")
+    fastreap.restore_signals()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(1)
+    result(survived=True)
+
+
+def install_bad_signo() -> None:
+    """Out-of-range signal numbers are refused before any table is read."""
+    out = []
+    for signo in (2**31 - 1, -(2**31), 4096, 65):
+        try:
+            _core.install(signo, False, False)
+        except OSError as e:
+            out.append(e.errno)
+    result(errnos=out)
+
+
+def _fds() -> list[int]:
+    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+
+
+def reopen_fails() -> None:
+    """fr_global_wake_reopen with dup3 failing (set through the shim): no leak."""
+    _core.global_wake_fd()
+    before = _fds()
+    os.environ["FASTREAP_FAULT"] = "dup3=EMFILE"
+    _core._after_fork_in_child()
+    del os.environ["FASTREAP_FAULT"]
+    result(before=before, after=_fds())
+
+
+def wait_one(script: str = "exit 7") -> None:
+    """Watch one child through whatever backend and fault the environment chose."""
+    p = subprocess.Popen(["sh", "-c", script])
+    c = fastreap.watch(p)
+    code = c.wait(10)
+    code2 = fastreap.watch(subprocess.Popen(["sh", "-c", "exit 3"])).wait(10)
+    try:
+        zombie = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        zombie = None
+    result(code=code, code2=code2, popen=p.returncode, zombie=zombie, backend=fastreap.counters()["backend"])
+
+
+def _set_it(flag: _core.StopFlag) -> None:
+    flag.set()
+
+
+def shared_flag() -> None:
+    """StopFlag(shared=True) and fastreap.Process when memfd_create fails."""
+    flag = fastreap.StopFlag(shared=True)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        flag.set()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    forked = flag.wait(5)
+    ctx = multiprocessing.get_context("spawn")
+    flag2 = fastreap.StopFlag(shared=True)
+    q = ctx.Process(target=_set_it, args=(flag2,))
+    q.start()
+    q.join(30)
+    spawned = flag2.wait(5)
+    p = fastreap.Process(target=time.sleep, args=(60,), mp_context=ctx)
+    p.start()
+    code = p.stop(timeout=30)
+    kinds = sorted(
+        {os.readlink(f"/proc/self/fd/{n}").split(" ")[0] for n in map(str, _fds()) if _readable(n)}
+    )
+    result(forked=forked, spawned=spawned, spawned_code=q.exitcode, process_code=code, fd_kinds=kinds)
+
+
+def _readable(n: str) -> bool:
+    try:
+        os.readlink(f"/proc/self/fd/{n}")
+        return True
+    except OSError:
+        return False
+
+
+LIST_FDS = (
+    "import os\n"
+    "for n in os.listdir('/proc/self/fd'):\n"
+    "    try: print('FD', n, os.readlink('/proc/self/fd/' + n))\n"
+    "    except OSError: pass\n"
+)
+
+
+def _exec_grandchild(flag: _core.StopFlag) -> None:
+    """In a spawn/forkserver child: exec a grandchild that inherits every
+    inheritable descriptor and lists them."""
+    out = subprocess.run([sys.executable, "-c", LIST_FDS], close_fds=False, capture_output=True, text=True)
+    flag.set()  # the rebuilt flag still works
+    print(out.stdout, end="", flush=True)
+
+
+def grandchild_fds(method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    flag = fastreap.StopFlag(shared=True)
+    p = ctx.Process(target=_exec_grandchild, args=(flag,))
+    p.start()
+    p.join(60)
+    result(exitcode=p.exitcode, set=flag.is_set())
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]](*sys.argv[2:])
