@@ -145,3 +145,28 @@ def test_no_timerfd_on_the_sigchld_path() -> None:
         """
     )
     assert r["rc1"] == 4 and r["rc2"] == 7 and r["tfd"] == -1, r
+
+
+def test_watch_racing_popen_wait(backend: str) -> None:
+    """13 bug 1: watch(popen) racing another thread's popen.wait() gives a
+    finished-or-running Child whose code is the true one, never
+    ChildProcessError/ProcessLookupError."""
+    import threading
+
+    import fastreap
+
+    errors: list[BaseException] = []
+    for i in range(300):
+        p = subprocess.Popen(["sh", "-c", f"exit {i % 7 + 1}"])
+        t = threading.Thread(target=p.wait)
+        t.start()
+        try:
+            c = fastreap.watch(p)
+            rc = c.wait(10)
+        except BaseException as e:  # noqa: BLE001 - collected and reported below
+            errors.append(e)
+            rc = None
+        t.join()
+        if not errors:
+            assert rc == i % 7 + 1 == p.returncode, (i, rc, p.returncode)
+    assert not errors, f"{len(errors)} of 300 failed: {errors[:3]!r}"

@@ -183,12 +183,19 @@ def watch(target: Target) -> Child:
         if rc is not None:
             child._finish(from_returncode(pid, rc))
             return child
-        if not owner.foreign:
-            try:
+        try:
+            if not owner.foreign:
                 _core.peek(pid)
-            except ChildProcessError:
+            w.register(child)
+        except (ChildProcessError, ProcessLookupError):
+            # Reaped already: by its owner racing us (Popen.wait() in another
+            # thread: ECHILD from the peek, ESRCH from pidfd_open)? Its
+            # returncode, read under its lock, is then the true code.
+            rc = owner.found()
+            if rc is None:
                 raise ChildProcessError(f"target: pid {pid} is not a child of this process") from None
-        w.register(child)
+            child._finish(from_returncode(pid, rc))
+            return child
         w.try_reap(child)  # it may have exited already: nothing would announce it
         return child
 
