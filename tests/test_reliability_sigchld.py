@@ -170,3 +170,33 @@ def test_watch_racing_popen_wait(backend: str) -> None:
         if not errors:
             assert rc == i % 7 + 1 == p.returncode, (i, rc, p.returncode)
     assert not errors, f"{len(errors)} of 300 failed: {errors[:3]!r}"
+
+
+def test_popens_reaped_by_their_own_wait_are_noticed(sigchld_watcher: object) -> None:
+    """13 bug 2: on the SIGCHLD path, Popens that other threads wait() on,
+    whose SIGCHLDs coalesced into one (here: SIGCHLD blocked while they all
+    exit and get reaped by their Popen.wait()), are all noticed within the
+    loss-check bound with their true codes."""
+    import signal
+    import threading
+    import time
+
+    import fastreap
+
+    ps = [subprocess.Popen(["sh", "-c", f"sleep 0.2; exit {i + 1}"]) for i in range(8)]
+    kids = [fastreap.watch(p) for p in ps]
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        ts = [threading.Thread(target=p.wait) for p in ps]  # they inherit the mask
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    t0 = time.monotonic()
+    done, pending = fastreap.wait(kids, timeout=10, return_when=fastreap.ALL_EXITED)
+    took = time.monotonic() - t0
+    assert not pending, (took, fastreap.counters())
+    assert [c.wait(0) for c in kids] == [p.returncode for p in ps] == list(range(1, 9))
+    assert took < 5, took

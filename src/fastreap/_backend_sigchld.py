@@ -65,6 +65,9 @@ _CHECK_MAX_AGE = 0.1
 # SIGCHLD or not (faster once our handler is known to be gone).
 _PERIOD = 0.25
 _PERIOD_DEGRADED = 0.1
+# ... and asks after every child on it (a system call each) at most this often
+# (or 500 times the scan's own cost, so that it stays below ~0.2% of the time).
+_SCAN_EVERY = 1.0
 
 _log = logging.getLogger("fastreap")
 
@@ -95,6 +98,7 @@ class SigchldBackend:
         self.replaced = 0  # times our SIGCHLD handler was found replaced
         self.gone = False  # our handler is not installed right now (replaced, or SIG_IGN kept)
         self.ignored = False  # SIGCHLD was SIG_IGN when we would have installed
+        self.scan_due = 0.0  # when the next periodic scan of every child is due
 
     def prepare(self) -> None:
         """Open what this path needs (the timer) ahead of need, so that it can
@@ -227,19 +231,33 @@ class SigchldBackend:
             return
         self.loss_check()
 
+    def _periodic(self, now: float) -> None:
+        """What the zombie peek below cannot see: children reaped by someone
+        else (a Popen.wait() or Process.join() in another thread; its
+        returncode tells, no system call), and, when no SIGCHLD is coming
+        (handler replaced, SIG_IGN: auto-reaped) or at a cost-bounded pace
+        (reaped by a bare waitpid elsewhere), each child asked in turn."""
+        w = self.w
+        self._check_handler()
+        if self.gone or now >= self.scan_due:
+            self.degraded_scans += 1
+            for pid in list(self.starts):
+                w.try_reap(w.children[pid])
+            self.scan_due = now + max(_SCAN_EVERY, 500 * (time.monotonic() - now))
+            return
+        for pid in list(self.starts):
+            c = w.children[pid]
+            if c._owner.returncode() is not None:
+                w.try_reap(c)
+
     def loss_check(self) -> None:
         """Reap watched zombies whose SIGCHLD was coalesced away. The debt is
         cleared only once the work is done (an exception leaves it owed)."""
         w = self.w
         self.loss_checks += 1
         t0 = time.monotonic()
-        self._check_handler()
-        if self.gone:
-            # No SIGCHLD is coming (replaced, or SIG_IGN: auto-reaped, no
-            # zombie to see): ask after each child on this path.
-            self.degraded_scans += 1
-            for pid in list(self.starts):
-                w.try_reap(w.children[pid])
+        if t0 >= self.due:
+            self._periodic(t0)
         while self.starts:
             z = _core.peek_any()
             if z <= 0:
