@@ -200,3 +200,26 @@ def test_popens_reaped_by_their_own_wait_are_noticed(sigchld_watcher: object) ->
     assert not pending, (took, fastreap.counters())
     assert [c.wait(0) for c in kids] == [p.returncode for p in ps] == list(range(1, 9))
     assert took < 5, took
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_stopped_child_stops_gracefully(backend: str, group: bool) -> None:
+    """12.10: a SIGSTOPped child gets SIGCONT after the stop signal, so it
+    exits on SIGTERM at once (graceful_stop) and terminate(timeout=None)
+    returns."""
+    import signal
+    import time
+
+    import fastreap
+
+    p = subprocess.Popen(["sleep", "30"], start_new_session=group)
+    os.kill(p.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    rep = fastreap.graceful_stop([p], timeout=20, group=group)
+    assert time.monotonic() - t0 < 10 and p.returncode == -signal.SIGTERM, rep
+    p = subprocess.Popen(["sleep", "30"], start_new_session=group)
+    os.kill(p.pid, signal.SIGSTOP)
+    c = fastreap.watch(p)
+    assert c.wait(0.05) is None  # a stop is not an exit
+    fastreap.terminate([c], timeout=20)
+    assert c.wait(0) == -signal.SIGTERM
