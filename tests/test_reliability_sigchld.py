@@ -223,3 +223,55 @@ def test_stopped_child_stops_gracefully(backend: str, group: bool) -> None:
     assert c.wait(0.05) is None  # a stop is not an exit
     fastreap.terminate([c], timeout=20)
     assert c.wait(0) == -signal.SIGTERM
+
+
+def test_descriptor_reserve_and_zero_free() -> None:
+    """12.6: with 40 descriptors free, watching 45 children leaves the
+    program able to open files (the reserve: no pidfd below a quarter of
+    the limit free); with none free, watch() and graceful_stop() still work
+    (the SIGCHLD path's descriptors were opened up front)."""
+    r = run_snippet(
+        """
+        import resource
+        soft = 200
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        from fastreap import _watcher
+        with _watcher.swapped():
+            # The program holds all but 40 descriptors.
+            ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(soft - 40 - (len(os.listdir("/proc/self/fd")) - 1))]
+            procs = [subprocess.Popen(["sleep", "30"]) for _ in range(45)]
+            kids = [fastreap.watch(p) for p in procs]
+            files = []
+            try:
+                for _ in range(30):
+                    files.append(open("/dev/null"))
+                opened = len(files)
+            finally:
+                for f in files:
+                    f.close()
+            pidfds = fastreap.counters()["pidfds"]
+            rep = fastreap.graceful_stop(kids, timeout=5)
+            for fd in ballast:
+                os.close(fd)
+            reserve_ok = all(p.returncode == -signal.SIGTERM for p in procs)
+        # Zero free: children first (Popen needs pipes), then fill the table.
+        procs = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+        hog = []
+        try:
+            while True:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            kids = [fastreap.watch(p) for p in procs]
+            rep = fastreap.graceful_stop(kids, timeout=5)
+            zero_ok = [p.returncode for p in procs]
+        finally:
+            for fd in hog:
+                os.close(fd)
+        out(opened=opened, pidfds=pidfds, reserve_ok=reserve_ok, zero=zero_ok)
+        """,
+        backend="auto",
+    )
+    assert r["opened"] == 30 and r["reserve_ok"] and r["pidfds"] == 0, r
+    assert r["zero"] == [-15, -15, -15], r

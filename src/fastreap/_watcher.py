@@ -388,7 +388,17 @@ def acquire_uninterruptibly(lock: Any) -> BaseException | None:
             pending = e
 
 
-_current = Watcher()
+def _prepared(w: Watcher) -> Watcher:
+    """Open up front what the SIGCHLD path needs (poller, wake-up descriptor,
+    loss-check timer), so that it can take over with no descriptor free."""
+    if _core.IS_LINUX:
+        with contextlib.suppress(OSError):
+            w.poller()
+            w.sigchld.prepare()
+    return w
+
+
+_current = _prepared(Watcher())
 
 
 def current() -> Watcher:
