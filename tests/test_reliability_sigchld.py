@@ -275,3 +275,33 @@ def test_descriptor_reserve_and_zero_free() -> None:
     )
     assert r["opened"] == 30 and r["reserve_ok"] and r["pidfds"] == 0, r
     assert r["zero"] == [-15, -15, -15], r
+
+
+def test_reap_does_not_steal_from_live_popens_and_processes(backend: str) -> None:
+    """13 bug 3: reap() in a loop while another thread runs subprocess.run:
+    every returncode stays true; mp.Pool(maxtasksperchild=1) does not hang."""
+    import multiprocessing
+    import threading
+
+    import fastreap
+
+    stop = threading.Event()
+    reaped: list[int] = []
+
+    def reaper() -> None:
+        while not stop.is_set():
+            reaped.extend(s.pid for s in fastreap.reap())
+
+    t = threading.Thread(target=reaper)
+    t.start()
+    try:
+        codes = [subprocess.run(["sh", "-c", "exit 3"]).returncode for _ in range(150)]
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2, maxtasksperchild=1) as pool:
+            res = pool.map_async(abs, range(-12, 0))
+            squares = res.get(timeout=60)
+    finally:
+        stop.set()
+        t.join()
+    assert codes == [3] * 150
+    assert squares == list(range(12, 0, -1))
