@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal as _signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
@@ -291,6 +292,7 @@ def reap() -> list[ExitStatus]:
     out: list[ExitStatus] = []
     owners: dict[int, Any] | None = None
     hold: set[int] | None = None
+    waited: set[int] = set()
     while True:
         z = _core.peek_any()  # a zombie, left waitable
         if z <= 0:
@@ -316,8 +318,16 @@ def reap() -> list[ExitStatus]:
             if not c._done():
                 break  # cannot happen (it was a zombie); never spin
             continue
-        if (owners is not None and z in owners) or (hold is not None and (z in hold or -1 in hold)):
-            break  # perhaps a child whose owner is being made: leave it (to it, or the next call)
+        if (owners is not None and z in owners) or (hold is not None and z in hold):
+            break  # a child whose owner cannot take it here: leave it (to it, or the next call)
+        if hold is not None and -1 in hold and z not in waited:
+            # A Popen is being made (fork done, pid not yet set): give its
+            # thread a moment, then look again. (Objects copied from a parent
+            # mid-construction never finish: one such pause per zombie.)
+            waited.add(z)
+            time.sleep(0.002)
+            owners = None
+            continue
         with w.lock:
             try:
                 r = _core.reap_pid(z)

@@ -401,8 +401,13 @@ def _prepared(w: Watcher) -> Watcher:
 _current = _prepared(Watcher())
 
 
+_forked = False  # set in a fork child; the fresh watcher is made on first use
+
+
 def current() -> Watcher:
     """The process-wide watcher (a fresh one after fork, or a swapped one)."""
+    if _forked:
+        _after_fork_rebuild()
     return _current
 
 
@@ -419,7 +424,7 @@ def swapped(use_pidfd: bool | None = None) -> Iterator[Watcher]:
     sizes its pidfd budget from the current RLIMIT_NOFILE; ``use_pidfd=False``
     puts every child on the SIGCHLD path."""
     global _current
-    old = _current
+    old = current()
     new = _successor(old, use_pidfd)
     _current = new
     try:
@@ -431,8 +436,26 @@ def swapped(use_pidfd: bool | None = None) -> Iterator[Watcher]:
 
 
 def after_fork_in_child() -> None:
+    """In the fork child: refuse the parent's watcher at once (two writes:
+    this runs in every fork child and touches as few pages as it can); the
+    fresh watcher is made, and the parent's descriptors closed, on first use
+    (``current``)."""
+    global _forked, _rebuild_lock
+    _current.closed = True
+    _forked = True
+    _rebuild_lock = threading.Lock()  # a fork during a rebuild must not leave it held
+
+
+def _after_fork_rebuild() -> None:
     """The child gets a fresh watcher; the parent's (and its descriptors) are closed."""
-    global _current
-    old = _current
-    _current = _successor(old)  # first: whatever happens below, the child has a working watcher
-    old.close()
+    global _current, _forked
+    with _rebuild_lock:
+        if not _forked:
+            return
+        old = _current
+        _current = _successor(old)  # first: whatever happens below, the child has a working watcher
+        _forked = False
+        old.close()
+
+
+_rebuild_lock = threading.Lock()
