@@ -115,9 +115,10 @@ def test_sigchld_ignored_before_import(backend: str) -> None:
             rc, lost = None, True
         took = time.monotonic() - t
         time.sleep(0.2)
-        zombie = os.path.exists(f"/proc/{other.pid}") and open(f"/proc/{other.pid}/stat").read().split(")")[1].split()[0] == "Z"
-        out(rc=rc, lost=lost, took=took, zombie=zombie, ign=signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN,
-            backend=fastreap.counters()["backend"])
+        stat = f"/proc/{other.pid}/stat"
+        zombie = os.path.exists(stat) and open(stat).read().split(")")[1].split()[0] == "Z"
+        ign = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+        out(rc=rc, lost=lost, took=took, zombie=zombie, ign=ign, backend=fastreap.counters()["backend"])
     """
     r = run_snippet(code, backend=backend)
     assert r["lost"] is True and r["took"] < 2.5, r
@@ -163,7 +164,7 @@ def test_watch_racing_popen_wait(backend: str) -> None:
         try:
             c = fastreap.watch(p)
             rc = c.wait(10)
-        except BaseException as e:  # noqa: BLE001 - collected and reported below
+        except BaseException as e:
             errors.append(e)
             rc = None
         t.join()
@@ -195,7 +196,7 @@ def test_popens_reaped_by_their_own_wait_are_noticed(sigchld_watcher: object) ->
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
     t0 = time.monotonic()
-    done, pending = fastreap.wait(kids, timeout=10, return_when=fastreap.ALL_EXITED)
+    _done, pending = fastreap.wait(kids, timeout=10, return_when=fastreap.ALL_EXITED)
     took = time.monotonic() - t0
     assert not pending, (took, fastreap.counters())
     assert [c.wait(0) for c in kids] == [p.returncode for p in ps] == list(range(1, 9))
@@ -238,7 +239,8 @@ def test_descriptor_reserve_and_zero_free() -> None:
         from fastreap import _watcher
         with _watcher.swapped():
             # The program holds all but 40 descriptors.
-            ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(soft - 40 - (len(os.listdir("/proc/self/fd")) - 1))]
+            used = len(os.listdir("/proc/self/fd")) - 1
+            ballast = [os.open("/dev/null", os.O_RDONLY) for _ in range(soft - 40 - used)]
             procs = [subprocess.Popen(["sleep", "30"]) for _ in range(45)]
             kids = [fastreap.watch(p) for p in procs]
             files = []

@@ -366,7 +366,7 @@ def _live_owners() -> tuple[dict[int, Any], set[int]]:
     for o in gc.get_objects():
         if isinstance(o, _Popen):
             if o.returncode is None:
-                if isinstance(o.pid, int):
+                if isinstance(getattr(o, "pid", None), int):
                     out.setdefault(o.pid, o)
                 else:
                     hold.add(-1)  # being made: its child may be the zombie

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from . import _cref
 from ._util import IDLE, Goal, Progress, Result, lifeline, pick, spawn_idle
 
+
 def _spawn() -> int:
     return spawn_idle()
 
