@@ -44,7 +44,8 @@ def sleeper(seconds: float) -> subprocess.Popen[bytes]:
 def parent_side() -> None:
     """Watch, wait for and stop children; read how they ended."""
     quick = fastreap.watch(sleeper(0))
-    slow = fastreap.watch(sleeper(60).pid)  # a bare pid works too
+    target: fastreap.Target = sleeper(60).pid  # a bare pid works too
+    slow = fastreap.watch(target)
     done, pending = fastreap.wait([quick, slow], timeout=30, return_when=fastreap.FIRST_EXITED)
     assert quick in done and slow in pending
 
@@ -58,19 +59,22 @@ def parent_side() -> None:
 
     report: fastreap.StopReport = fastreap.graceful_stop([slow], timeout=5.0)
     took: float = report.elapsed
-    codes: dict[int, int | None] = report.returncodes
+    codes: dict[int, int] = report.returncodes  # only the finished: exited + killed
     assert codes[slow.pid] == -signal.SIGTERM
     assert [c.pid for c in report.exited] == [slow.pid] and not report.killed
+    assert not report.lost and not report.alive
     print(f"stopped {len(report.exited)} in {took:.3f}s: {codes}")
 
     for stop in (fastreap.terminate, fastreap.kill):
         r = stop([sleeper(60)])
-        assert r.returncodes and all(v is not None and v < 0 for v in r.returncodes.values())
+        assert r.returncodes and all(v < 0 for v in r.returncodes.values())
 
     leftovers: list[fastreap.ExitStatus] = fastreap.reap()  # nothing unwatched is left
     assert leftovers == []
-    stats = fastreap.counters()
-    print("counters:", {k: stats[k] for k in sorted(stats) if k != "signals"})
+    stats: fastreap.Counters = fastreap.counters()
+    backend: str = stats["backend"]
+    assert backend in ("pidfd", "sigchld", "kqueue")
+    print("counters:", {k: v for k, v in sorted(stats.items()) if k != "signals"})
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_sigchld_path_never_signals_a_pid_that_changed_process() -> None:
         assert c.lost and c.returncode is None
         assert p.poll() is None  # never signalled
         r = fastreap.graceful_stop([c], 0.1)
-        assert r.returncodes == {p.pid: None} and not r.killed
+        assert r.returncodes == {} and r.lost == [c] and not r.killed
         assert p.poll() is None
     finally:
         p.kill()
@@ -99,5 +99,5 @@ def test_watching_a_lost_popen_again_gives_the_lost_child() -> None:
         c.wait(30)
     assert fastreap.watch(p) is c
     r = fastreap.graceful_stop([p], 0.1)
-    assert r.returncodes == {p.pid: None} and not r.killed and not r.alive
+    assert r.returncodes == {} and [x.pid for x in r.lost] == [p.pid] and not r.killed and not r.alive
     p.wait()  # ECHILD: the stdlib's own silent 0, so its __del__ stays quiet

@@ -136,8 +136,9 @@ class Machine(RuleBasedStateMachine):
 
     def adopt(self, recs: list[Rec], report: fastreap.StopReport) -> None:
         """The Child each target became (a bare pid's is only in the report)."""
-        kids = {c.pid: c for c in report.exited + report.killed + report.alive}
-        assert set(kids) == {r.pid for r in recs} == set(report.returncodes)
+        kids = {c.pid: c for c in report.exited + report.killed + report.lost + report.alive}
+        assert set(kids) == {r.pid for r in recs}
+        assert set(report.returncodes) == {c.pid for c in report.exited + report.killed}
         for r in recs:
             if r.child is None or r.child.pid != r.pid:
                 r.child = kids[r.pid]
@@ -244,7 +245,7 @@ class Machine(RuleBasedStateMachine):
         for r in recs:
             assert r.child is not None
             self.check_child(r)
-            if report.returncodes[r.pid] is not None:  # else it ended after the report
+            if r.pid in report.returncodes:  # else lost, or it ended after the report
                 assert report.returncodes[r.pid] == r.child.returncode
         if kill_after:
             assert not report.alive and all(r.returncode is not None for r in recs)

@@ -1,8 +1,22 @@
 """fastreap: the lifecycle of child processes, with a compiled core.
 
-The public API is re-exported here; the private modules behind it (the
-watcher and its backends, graceful stop, the C handler) and the path of one
-exit and one SIGTERM through them are mapped in docs/ARCHITECTURE.md.
+The public API is ``fastreap`` (the names in ``fastreap.__all__``, listed
+under CLASSES, FUNCTIONS and DATA below) and ``fastreap.aio`` (asyncio:
+``wait_for_stop``, ``wait``, ``graceful_stop``).
+
+Worker side: ``handle_signals``, ``graceful``, ``stop_requested``,
+``StopFlag``, ``Stopped``, ``restore_signals``, ``Process``.
+Parent side: ``watch`` -> ``Child``, ``wait``, ``graceful_stop`` /
+``terminate`` / ``kill`` -> ``StopReport``, ``reap``, ``set_subreaper``,
+``counters`` -> ``Counters``; types ``Target``, ``ReturnWhen``,
+``ExitStatus``, ``ChildLostError``.
+Spawning: ``spawn``, ``run_all``, ``Pool``, ``ProcessPoolExecutor``,
+``WorkerDiedError``; ``install`` / ``uninstall`` route the stdlib's
+subprocess, multiprocessing and asyncio waits through fastreap.
+
+Every module whose name starts with an underscore (listed under PACKAGE
+CONTENTS by help(), which lists every module of a package) is private and
+may change; docs/ARCHITECTURE.md maps them.
 """
 
 import os as _os
@@ -27,8 +41,11 @@ from ._children import (
     FIRST_EXITED,
     Child,
     ChildLostError,
+    Counters,
     ExitStatus,
+    ReturnWhen,
     StopReport,
+    Target,
     counters,
     graceful_stop,
     kill,
@@ -46,29 +63,42 @@ from ._flags import (
     restore_signals,
     stop_requested,
 )
+from ._install import install, uninstall
+from ._pool import Pool, ProcessPoolExecutor, WorkerDiedError
 from ._process import Process
+from ._spawn import run_all, spawn
 
 __all__ = [
     "ALL_EXITED",
     "FIRST_EXITED",
     "Child",
     "ChildLostError",
+    "Counters",
     "ExitStatus",
+    "Pool",
     "Process",
+    "ProcessPoolExecutor",
+    "ReturnWhen",
     "StopFlag",
     "StopReport",
     "Stopped",
+    "Target",
+    "WorkerDiedError",
     "__version__",
     "counters",
     "graceful",
     "graceful_stop",
     "handle_signals",
+    "install",
     "kill",
     "reap",
     "restore_signals",
+    "run_all",
     "set_subreaper",
+    "spawn",
     "stop_requested",
     "terminate",
+    "uninstall",
     "wait",
     "watch",
 ]

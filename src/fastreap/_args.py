@@ -8,7 +8,7 @@ import signal as _signal
 from collections.abc import Iterable
 from typing import Any
 
-from . import _core
+from . import _core, _procfs
 
 _VALID = frozenset(int(s) for s in _signal.valid_signals())
 
@@ -78,6 +78,14 @@ def check_handled(signals: object) -> tuple[int, ...]:
 
 def check_pid(pid: object, name: str = "target") -> int:
     if isinstance(pid, bool) or not isinstance(pid, int):
+        t = type(pid)
+        if t.__module__ == "asyncio.subprocess" and t.__name__ == "Process":
+            raise TypeError(
+                f"{name}: asyncio.subprocess.Process is not supported: use `await process.wait()` "
+                "(after fastreap.install(), called before the process is created, that wait goes "
+                "through fastreap's watcher); watching process.pid instead would race asyncio's "
+                "own child watcher for its exit status"
+            )
         raise TypeError(
             f"{name} must be a pid, subprocess.Popen, multiprocessing.Process or Child, "
             f"not {type(pid).__name__}"
@@ -87,12 +95,52 @@ def check_pid(pid: object, name: str = "target") -> int:
     return int(pid)
 
 
-def check_child(pid: int, name: str) -> None:
-    """pid must be an unreaped child of this process."""
+def check_child(pid: int, name: str, *, ours: bool = False) -> None:
+    """pid must be an unreaped child of this process. ``ours``: it is known
+    to have been our child (a Popen or Process started here)."""
     try:
         _core.peek(pid)
     except ChildProcessError:
-        raise ChildProcessError(f"{name}: pid {pid} is not a child of this process") from None
+        raise not_a_child(pid, name, ours=ours) from None
+
+
+def not_a_child(pid: int, name: str, *, ours: bool = False) -> ChildProcessError:
+    """The error for a pid that ``waitid`` says is not our child, saying why
+    where that can be told: this process itself, no such process (already
+    reaped, if it was ours), or some other process's child."""
+    if pid == os.getpid():
+        return ChildProcessError(f"{name}: pid {pid} is this process itself, not a child of it")
+    exists, ppid = _exists(pid)
+    if not exists:
+        if ours:
+            return ChildProcessError(
+                f"{name}: pid {pid} was already reaped by something else (os.waitpid or "
+                "another waiter), so its exit status is lost"
+            )
+        return ChildProcessError(
+            f"{name}: pid {pid} does not exist (if it was a child of this process, something "
+            "else already reaped it: os.waitpid or another waiter)"
+        )
+    if ppid and ppid != os.getpid():  # 0: started by the kernel (pid 1, kthreadd)
+        return ChildProcessError(f"{name}: pid {pid} is not a child of this process (its parent is {ppid})")
+    return ChildProcessError(f"{name}: pid {pid} is not a child of this process")
+
+
+def _exists(pid: int) -> tuple[bool, int | None]:
+    """Whether pid exists (a zombie counts), and its parent where /proc says."""
+    if os.path.isdir("/proc/self"):
+        try:
+            st = _procfs.read_stat(pid)
+        except (OSError, ValueError, IndexError):
+            return True, None
+        return (False, None) if st is None else (True, st.ppid)
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, existence is checked
+    except ProcessLookupError:
+        return False, None
+    except OSError:
+        pass  # EPERM: it exists, owned by someone else
+    return True, None
 
 
 def check_mp_process(t: Any, name: str) -> None:

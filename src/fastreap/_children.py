@@ -10,15 +10,24 @@ The machinery lives next door (docs/ARCHITECTURE.md has the map):
 
 from __future__ import annotations
 
+import multiprocessing.process
 import signal as _signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Union
+from typing import Any, Final, Literal, TypedDict, Union
 
 from . import _core, _stop, _watcher
-from ._args import check_bool, check_child, check_mp_process, check_pid, check_signal, check_timeout
+from ._args import (
+    check_bool,
+    check_child,
+    check_mp_process,
+    check_pid,
+    check_signal,
+    check_timeout,
+    not_a_child,
+)
 from ._deadline import Deadline
 from ._owners import Owner, is_mp_process, is_popen, owner_of
 from ._status import ChildLostError, ExitStatus, from_returncode, from_wait
@@ -29,8 +38,11 @@ __all__ = [
     "FIRST_EXITED",
     "Child",
     "ChildLostError",
+    "Counters",
     "ExitStatus",
+    "ReturnWhen",
     "StopReport",
+    "Target",
     "counters",
     "graceful_stop",
     "kill",
@@ -41,10 +53,31 @@ __all__ = [
     "watch",
 ]
 
-FIRST_EXITED = "FIRST_EXITED"
-ALL_EXITED = "ALL_EXITED"
+FIRST_EXITED: Final[Literal["FIRST_EXITED"]] = "FIRST_EXITED"
+ALL_EXITED: Final[Literal["ALL_EXITED"]] = "ALL_EXITED"
 
-Target = Union[int, "Child", "subprocess.Popen[Any]", Any]
+#: What ``wait(..., return_when=...)`` accepts: FIRST_EXITED or ALL_EXITED.
+ReturnWhen = Literal["FIRST_EXITED", "ALL_EXITED"]
+
+#: A child fastreap can watch: a pid (``int``), a ``Child``, a
+#: ``subprocess.Popen``, or a started ``multiprocessing.Process`` (any
+#: ``BaseProcess``: ``fastreap.Process`` too). Not an
+#: ``asyncio.subprocess.Process``: asyncio's own child watcher waits for it.
+Target = Union[int, "Child", "subprocess.Popen[Any]", multiprocessing.process.BaseProcess]
+
+
+class Counters(TypedDict):
+    """What ``fastreap.counters()`` returns; counts are since the process started."""
+
+    signals: dict[int, int]  # signal number -> times fastreap's C handler ran for it
+    reaped: int  # children the watcher reaped
+    escalations: int  # children graceful_stop SIGKILLed after the grace period
+    lost: int  # watched children someone else reaped (exit status unknown)
+    degraded_scans: int  # SIGCHLD path: scans of every watched child (its ring overflowed)
+    loss_checks: int  # SIGCHLD path: checks for children reaped behind fastreap's back
+    watched: int  # children watched now (not yet finished)
+    pidfds: int  # pidfds the watcher holds now
+    backend: str  # how exits are noticed: "pidfd", "sigchld" or "kqueue"
 
 
 class Child:
@@ -92,6 +125,14 @@ class Child:
         """None while running; the exit code, or -N if signal N killed it."""
         self._refresh()
         return None if self._status is None else self._status.returncode
+
+    # h-spawner (issue 13): the Popen behind fastreap.spawn()/watch(popen).
+    @property
+    def popen(self) -> subprocess.Popen[Any] | None:
+        """The ``subprocess.Popen`` it watches (``fastreap.spawn``,
+        ``watch(popen)``), else None."""
+        t = getattr(self._owner, "target", None)
+        return t if is_popen(t) else None
 
     @property
     def lost(self) -> bool:
@@ -195,7 +236,7 @@ def watch(target: Target) -> Child:
             # returncode, read under its lock, is then the true code.
             rc = owner.found()
             if rc is None:
-                raise ChildProcessError(f"target: pid {pid} is not a child of this process") from None
+                raise not_a_child(pid, "target", ours=owner.target is not None) from None
             child._finish(from_returncode(pid, rc))
             return child
         w.try_reap(child)  # it may have exited already: nothing would announce it
@@ -218,7 +259,7 @@ def validate(targets: Iterable[Target] | Target, name: str = "targets") -> list[
             continue
         if is_popen(t):
             if t.returncode is None and t.pid not in w.children and _lost_child(owner_of(t), w) is None:
-                check_child(t.pid, name)
+                check_child(t.pid, name, ours=True)
             continue
         if is_mp_process(t):
             check_mp_process(t, name)
@@ -237,7 +278,7 @@ def as_children(targets: Iterable[Target] | Target, name: str = "targets") -> li
 def wait(
     children: Iterable[Target],
     timeout: float | None = None,
-    return_when: str = FIRST_EXITED,
+    return_when: ReturnWhen = FIRST_EXITED,
 ) -> tuple[set[Child], set[Child]]:
     """Wait until the first (FIRST_EXITED) or all (ALL_EXITED) of ``children``
     have exited, or timeout seconds pass; return ``(done, pending)`` sets.
@@ -401,7 +442,10 @@ def graceful_stop(
     (returning as soon as all have exited), SIGKILL those still running
     (``kill_after``), reap every one. Every target is checked first: a bad
     one raises before anything is signalled. ``group=True`` signals each
-    target's process group and waits for (and kills) its other members too."""
+    target's process group and waits for (and kills) its other members too.
+    ``targets``: one ``fastreap.Target`` (pid, Child, Popen, started
+    multiprocessing Process) or an iterable of them. Returns a StopReport
+    (each target in exactly one of exited/killed/lost/alive)."""
     run = StopRun(targets, timeout, signal, kill_after, group)
     try:
         return _stop.drive_blocking(run)
@@ -420,10 +464,13 @@ def kill(targets: Iterable[Target] | Target) -> StopReport:
     return graceful_stop(targets, None, signal=_signal.SIGKILL, kill_after=False)
 
 
-def counters() -> dict[str, Any]:
-    """What fastreap has done in this process: signals its handler saw (by
-    number), children reaped, escalations to SIGKILL, children lost to
-    another reaper, and degraded SIGCHLD scans."""
+def counters() -> Counters:
+    """What fastreap has done in this process (a ``fastreap.Counters`` dict):
+    ``signals`` (signal number -> times its handler ran), ``reaped``,
+    ``escalations`` (SIGKILLs after a grace period), ``lost`` (children
+    someone else reaped), ``degraded_scans`` and ``loss_checks`` (SIGCHLD
+    path), ``watched`` and ``pidfds`` (now), ``backend`` ("pidfd", "sigchld"
+    or "kqueue")."""
     from ._flags import handled_signals
 
     w = _watcher.current()

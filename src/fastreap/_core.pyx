@@ -7,6 +7,7 @@ with the GIL released, takes a timeout in seconds measured by the caller on the
 monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 (KeyboardInterrupt, fastreap.Stopped) run before it goes on.
 """
+cimport cython
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.pycapsule cimport PyCapsule_New
@@ -96,11 +97,16 @@ cdef bint _after_eintr() except -1:
 # ---------------------------------------------------------------- stop flags
 
 cdef object _all_flags = None  # WeakSet of private flags, for the fork hook
+cdef object _INTERNAL = object()  # the key of _internal: only this module makes those flags
 
 
+@cython.embedsignature(False)
 cdef class StopFlag:
-    """A stop flag: set by fastreap's C signal handler, by set(), or (when
-    shared) by any process that shares it. Checking it is one atomic load."""
+    """StopFlag(*, shared=False)
+--
+
+A stop flag: set by fastreap's C signal handler, by set(), or (when
+shared) by any process that shares it. Checking it is one atomic load."""
 
     cdef fr_flag _own
     cdef fr_flag *fp
@@ -111,6 +117,12 @@ cdef class StopFlag:
     cdef object __weakref__
 
     def __cinit__(self, *, shared=False, _internal=None):
+        # _internal is (_INTERNAL, how): the default flag, or one rebuilt from
+        # a pickle. Hidden from the signature (the docstring's first line).
+        if _internal is not None:
+            if type(_internal) is not tuple or len(_internal) != 2 or _internal[0] is not _INTERNAL:
+                raise TypeError("StopFlag() takes one keyword argument, shared")
+            _internal = _internal[1]
         if not isinstance(shared, bool):
             raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
         self._own.rfd = -1
@@ -337,13 +349,13 @@ def _rebuild_shared_flag(memfd, rfd, wfd):
     # a socket without MSG_CMSG_CLOEXEC): keep them out of exec'd grandchildren.
     for fd in {m, r, w}:
         _os.set_inheritable(fd, False)
-    return StopFlag(shared=True, _internal=(m, r, w))
+    return StopFlag(shared=True, _internal=(_INTERNAL, (m, r, w)))
 
 
 import weakref as _weakref
 _all_flags = _weakref.WeakSet()
 
-default_flag = StopFlag(_internal="default")
+default_flag = StopFlag(_internal=(_INTERNAL, "default"))
 
 
 def stop_requested():

@@ -33,14 +33,37 @@ if TYPE_CHECKING:
 
 @dataclass
 class StopReport:
-    """What graceful_stop did: who exited within the grace period, who was
-    killed, how long it took, and every target's returncode (None if lost)."""
+    """What one ``graceful_stop``, ``terminate`` or ``kill`` call did.
+
+    Every target is in exactly one of the four lists, in the order given:
+
+    * ``exited``: finished without a SIGKILL from this call: on its own, from
+      ``signal`` within the grace period, or before the call;
+    * ``killed``: finished after this call sent it SIGKILL: every target of
+      ``kill()`` (or of ``signal=SIGKILL``) still running when it was called,
+      and those ``graceful_stop`` escalated to SIGKILL when the grace period
+      ran out;
+    * ``lost``: finished, but someone else reaped it (``os.waitpid``, another
+      waiter), so its exit status is unknown (``Child.lost`` is True);
+    * ``alive``: still running when the call returned. Only when nothing
+      escalates: ``kill_after=False`` (``terminate(..., timeout=...)``) and
+      the timeout passed. They stay watched.
+
+    ``returncodes`` maps the pid of every target in ``exited`` and ``killed``
+    (and only those) to its returncode, as ``subprocess.Popen.returncode``
+    has it: the exit code, or ``-N`` if signal N ended it. A lost or alive
+    target has no entry, so ``report.returncodes.get(pid)`` is None for both
+    (tell them apart with ``lost`` and ``alive``).
+
+    ``elapsed``: seconds from the first signal until the call returned.
+    """
 
     exited: list[Child] = field(default_factory=list)
     killed: list[Child] = field(default_factory=list)
     elapsed: float = 0.0
-    returncodes: dict[int, int | None] = field(default_factory=dict)
-    alive: list[Child] = field(default_factory=list)  # still running (kill_after=False)
+    returncodes: dict[int, int] = field(default_factory=dict)
+    alive: list[Child] = field(default_factory=list)
+    lost: list[Child] = field(default_factory=list)
 
 
 class Members:
@@ -218,7 +241,8 @@ class StopRun:
         self.kill_after = kill_after
         self.group = group
         self.members = Members({c.pid for c in self.kids}) if group else None
-        self.killed: list[Child] = []
+        self.killed: list[Child] = []  # escalated to SIGKILL
+        self.sigkilled: list[Child] = []  # running when signal=SIGKILL (kill()) was sent
         self.escalated = False
         self.phase = GRACE
         self.start = 0.0
@@ -230,6 +254,8 @@ class StopRun:
         """Signal every target at once; return the end of the grace period."""
         self.start = now
         self.deadline = Deadline(None if self.timeout is None else now + self.timeout)
+        if self.sig == _signal.SIGKILL:
+            self.sigkilled = self.pending()
         self._signal(self.kids, self.sig)
         return self.deadline
 
@@ -326,13 +352,18 @@ class StopRun:
                 self.members.signal(_signal.SIGKILL)
 
     def report(self) -> StopReport:
-        killed = set(self.killed)
-        r = StopReport()
-        r.killed = list(self.killed)
-        r.exited = [c for c in self.kids if c._done() and c not in killed]
-        r.alive = [c for c in self.kids if not c._done()]
-        r.elapsed = time.monotonic() - self.start
-        r.returncodes = {c.pid: (c._status.returncode if c._status else None) for c in self.kids}
+        """Sort the targets into StopReport's four lists (see its docstring)."""
+        killed = {id(c) for c in self.killed}
+        killed.update(id(c) for c in self.sigkilled)
+        r = StopReport(elapsed=time.monotonic() - self.start)
+        for c in self.kids:
+            if c._lost:
+                r.lost.append(c)
+            elif c._status is None:
+                r.alive.append(c)
+            else:
+                (r.killed if id(c) in killed else r.exited).append(c)
+                r.returncodes[c.pid] = c._status.returncode
         return r
 
     def close(self) -> None:

@@ -233,8 +233,11 @@ def scenario(kind: str, reaper: str, own_victim: bool, cyc: Cycler) -> dict[str,
         if not c.lost or c.returncode is not None:
             errors.append(f"not reported lost: lost={c.lost} returncode={c.returncode}")
     for r in reports:
-        if r.returncodes != {t.pid: expect_rc} or r.killed or r.alive:
-            errors.append(f"report {r.returncodes} killed={r.killed} alive={r.alive}")
+        # A lost target is listed in r.lost and has no returncode entry.
+        want = {} if expect_rc is None else {t.pid: expect_rc}
+        lost = [c.pid for c in r.lost]
+        if r.returncodes != want or r.killed or r.alive or lost != ([t.pid] if expect_rc is None else []):
+            errors.append(f"report {r.returncodes} killed={r.killed} alive={r.alive} lost={lost}")
     if kind == "popen" and reaper == "fastreap" and t.obj.returncode != 7:  # type: ignore[attr-defined]
         errors.append(f"Popen.returncode {t.obj.returncode}")  # type: ignore[attr-defined]
     if kind == "mp" and reaper == "fastreap" and t.obj.exitcode != 7:  # type: ignore[attr-defined]

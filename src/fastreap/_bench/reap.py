@@ -102,7 +102,7 @@ def _latency(live: int, n: int, killer: _Killer) -> list[Result]:
             return fastreap.watch(_spawn())
 
         def fr_wait(c: object) -> None:
-            fastreap.wait([c, *other_kids], None, fastreap.FIRST_EXITED)
+            fastreap.wait([c, *other_kids], None, fastreap.FIRST_EXITED)  # type: ignore[list-item]  # a Child
 
         methods: list[tuple[Result, Callable[[], object], Callable[[object], None]]] = []
         if have_pidfd:
