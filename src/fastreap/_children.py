@@ -75,6 +75,7 @@ class Counters(TypedDict):
     lost: int  # watched children someone else reaped (exit status unknown)
     degraded_scans: int  # SIGCHLD path: scans of every watched child (its ring overflowed)
     loss_checks: int  # SIGCHLD path: checks for children reaped behind fastreap's back
+    sigchld_replaced: int  # SIGCHLD path: times its handler was found replaced by another one
     watched: int  # children watched now (not yet finished)
     pidfds: int  # pidfds the watcher holds now
     backend: str  # how exits are noticed: "pidfd", "sigchld" or "kqueue"
