@@ -161,8 +161,12 @@ def main() -> int:
     if mp_subset:
         cmd = [sys.executable, __file__, "--mp-only"]
         if plain:
-            cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {sys.path[0]!r}); "
-                   "import peer_suites as p; sys.exit(p.run_mp_subset())"]
+            cmd = [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {sys.path[0]!r}); "
+                "import peer_suites as p; sys.exit(p.run_mp_subset())",
+            ]
         code = subprocess.run(cmd, check=False).returncode or code
     if t is not None:
         stop.set()

@@ -10,7 +10,9 @@ children under ``RLIMIT_NOFILE`` 1,024. So pidfds are used only up to a budget
 overrides it) and are moved to numbers at or above a floor (1,024 when the
 limit allows, otherwise the top quarter), which keeps the low numbers that
 ``select()`` users and the program need free. Children beyond the budget go
-to the SIGCHLD backend.
+to the SIGCHLD backend, and so do those that come while fewer than a quarter
+of the limit is free (the program's reserve: counted in ``/proc/self/fd``
+now and then, see ``register``), or when ``pidfd_open`` finds no descriptor.
 
 The pidfds live in ``Watcher.pidfd_of`` (pid -> fd), which also names the
 signal-only pidfd of a fork-server child; this backend counts and closes the
@@ -31,6 +33,16 @@ if TYPE_CHECKING:
     from ._watcher import Watcher
 
 
+def _free_fds(soft: int) -> int:
+    """How many descriptors are free under the soft limit (one listing of
+    /proc/self/fd: ~20-50 us at a few hundred open; done only now and then)."""
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    except OSError:
+        return 0  # out of descriptors (or no /proc): assume none to spare
+    return soft - used
+
+
 def _pidfd_budget() -> tuple[int, int]:
     env = os.environ.get("FASTREAP_PIDFD_BUDGET")
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -46,15 +58,35 @@ class PidfdBackend:
         self.w = watcher
         self.enabled = enabled
         self.budget, self.floor = _pidfd_budget()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.soft = 1 << 20 if soft == resource.RLIM_INFINITY or soft > 1 << 20 else soft
+        # The program's reserve: no pidfd is taken while fewer than a quarter
+        # of the limit is free. Counting is O(open descriptors), so it is
+        # done again only after ``unchecked`` more pidfds: half the slack
+        # above the reserve seen at the last count.
+        self.reserve = self.soft // 4
+        self.unchecked = 0
         self.count = 0  # pidfds registered in the poller
         # pidfds of children finished by another thread while a leader blocks
         # in epoll: kept registered (and readable) so the leader wakes up and
         # sees the news; closed by the leader when it returns.
         self.deferred: list[int] = []
 
+    def _room(self) -> bool:
+        """May one more pidfd be taken (budget, and the program's reserve)?"""
+        if not self.enabled or self.count >= self.budget:
+            return False
+        if self.unchecked <= 0:
+            slack = _free_fds(self.soft) - self.reserve
+            if slack <= 0:
+                return False  # keep the reserve for the program: the SIGCHLD path takes it
+            self.unchecked = max(1, slack // 2)
+        self.unchecked -= 1
+        return True
+
     def register(self, pid: int) -> bool:
         """Watch pid through a pidfd if the budget allows; False: not taken."""
-        if not self.enabled or self.count >= self.budget:
+        if not self._room():
             return False
         try:
             fd = _core.pidfd_open(pid, self.floor)
@@ -78,7 +110,7 @@ class PidfdBackend:
         caller takes the slow path), else the peek: None while it runs,
         (si_code, si_status) once it has exited. ChildProcessError (nothing
         registered) if it is not our child."""
-        if not self.enabled or self.count >= self.budget:
+        if not self._room():
             return False
         try:
             fd, peeked = _core.watch_pidfd(self.w.poller(), pid, self.floor, pid)

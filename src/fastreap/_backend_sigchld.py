@@ -24,17 +24,33 @@ SIGCHLD was swallowed is reaped at most ~5 ms late (or 0.1 s under a steady
 stream of exits). Waiters and asyncio need nothing special: the timer is just
 another descriptor in the watcher's poller.
 
+Not trusting SIGCHLD. A SIGCHLD may never come: blocked in every thread,
+its handler replaced by another library, or ignored (SIG_IGN). So while any
+child is on this path a loss check also runs every ``_PERIOD`` seconds
+whatever happens (the same timer; without a timerfd the leader's poller
+wait is capped instead, ``cap``/``tick``). Each periodic check also asks
+the kernel whether our handler is still the installed one: a replaced
+handler is counted (``counters()["sigchld_replaced"]``), logged once on the
+``fastreap`` logger, and left alone (the periodic checks keep working).
+
+SIG_IGN. With SIGCHLD ignored the kernel reaps every child itself: no
+zombie, no status, no SIGCHLD. fastreap never replaces an inherited SIG_IGN
+(that would turn the program's other children into permanent zombies); its
+children on this path are then found gone by the periodic check and
+reported lost, as on the pidfd path (readable pidfd, ECHILD).
+
 All methods run with the watcher lock held.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal as _signal
 import time
 from typing import TYPE_CHECKING
 
-from . import _core, _procfs
+from . import _core, _flags, _procfs
 
 if TYPE_CHECKING:
     from ._watcher import Watcher
@@ -45,6 +61,22 @@ CHECK = -2  # poller token of the loss-check timer
 # stays below ~0.2% of the time).
 _CHECK_QUIET = 0.005
 _CHECK_MAX_AGE = 0.1
+# A loss check runs at least this often while any child is on this path,
+# SIGCHLD or not (faster once our handler is known to be gone).
+_PERIOD = 0.25
+_PERIOD_DEGRADED = 0.1
+# ... and asks after every child on it (a system call each) at most this often
+# (or 500 times the scan's own cost, so that it stays below ~0.2% of the time).
+_SCAN_EVERY = 1.0
+
+_log = logging.getLogger("fastreap")
+
+
+def sigchld_ignored() -> bool:
+    """SIGCHLD is SIG_IGN (inherited or set by the program): the kernel
+    auto-reaps every child. (A SIG_IGN set from C behind Python's back is
+    not seen here.)"""
+    return _signal.getsignal(_signal.SIGCHLD) is _signal.SIG_IGN
 
 
 class SigchldBackend:
@@ -61,27 +93,85 @@ class SigchldBackend:
         self.check_cost = 0.0
         self.loss_checks = 0
         self.degraded_scans = 0
+        self.no_timer = False  # timer_open failed (no timerfd): cap the poller wait instead
+        self.due = 0.0  # when the next periodic loss check is due (0: none scheduled)
+        self.replaced = 0  # times our SIGCHLD handler was found replaced
+        self.gone = False  # our handler is not installed right now (replaced, or SIG_IGN kept)
+        self.ignored = False  # SIGCHLD was SIG_IGN when we would have installed
+        self.scan_due = 0.0  # when the next periodic scan of every child is due
+
+    def prepare(self) -> None:
+        """Open what this path needs (the timer) ahead of need, so that it can
+        take over with no descriptor free. Never raises for a missing timerfd."""
+        if self.tfd >= 0 or self.no_timer or not _core.IS_LINUX:
+            return
+        try:
+            fd = _core.timer_open()
+        except (OSError, NotImplementedError):
+            # No timerfd (seccomp, gVisor) or no descriptor left: the loss
+            # checks then run from the leader's capped poller wait.
+            self.no_timer = True
+            return
+        try:
+            _core.poller_add_fd(self.w.poller(), fd, CHECK)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.tfd = fd
 
     def _ensure(self) -> None:
         if not self.installed:
-            _core.install(_signal.SIGCHLD, True, True)  # SA_RESTART: exits need not interrupt anyone
-            self.installed = True
-        if self.tfd < 0 and _core.IS_LINUX:
-            try:
-                fd = _core.timer_open()
-            except OSError:  # no timerfd (seccomp, gVisor): every SIGCHLD runs the loss check
-                return
-            try:
-                _core.poller_add_fd(self.w.poller(), fd, CHECK)
-            except BaseException:
-                os.close(fd)
-                raise
-            self.tfd = fd
+            if sigchld_ignored():
+                # Keep the program's auto-reaping (module docstring).
+                self.ignored = self.gone = True
+            else:
+                _core.install(_signal.SIGCHLD, True, True)  # SA_RESTART: exits need not interrupt anyone
+                _flags.keep(_signal.SIGCHLD)
+                self.installed = True
+                self.ignored = self.gone = False
+        self.prepare()
 
     def register(self, pid: int) -> None:
         self._ensure()
         start = _procfs.start_time(pid)
         self.starts[pid] = None if start == _procfs.UNKNOWN else start
+        if self.due == 0.0:
+            self._schedule(time.monotonic())
+
+    def _schedule(self, now: float) -> None:
+        """The next periodic loss check, one period from now."""
+        period = _PERIOD_DEGRADED if self.gone else _PERIOD
+        self.due = now + period
+        if self.tfd >= 0 and not self.check_owed:
+            _core.timer_arm(self.tfd, period)
+
+    def cap(self, remaining: float) -> float:
+        """Without a timer, how long the leader may block in the poller (-1.0: forever)."""
+        if self.tfd >= 0 or not self.starts:
+            return remaining
+        left = max(0.0, self.due - time.monotonic())
+        return left if remaining < 0 else min(remaining, left)
+
+    def tick(self) -> None:
+        """Without a timer, run the periodic loss check once due."""
+        if self.tfd < 0 and self.starts and time.monotonic() >= self.due:
+            self.loss_check()
+
+    def _check_handler(self) -> None:
+        """Is our handler still installed? Report a replacement once."""
+        if not self.installed:
+            return
+        ok = _core.handler_installed(_signal.SIGCHLD)  # asks the kernel
+        if ok:
+            self.gone = False
+        elif not self.gone:
+            self.gone = True
+            self.replaced += 1
+            _log.warning(
+                "fastreap: its SIGCHLD handler was replaced (another library or signal.signal); "
+                "children on the SIGCHLD path are now found by periodic checks, up to %.1f s late",
+                _PERIOD_DEGRADED,
+            )
 
     def forget(self, pid: int) -> None:
         self.starts.pop(pid, None)
@@ -111,7 +201,7 @@ class SigchldBackend:
             if not self.check_owed and self.tfd >= 0:
                 self.check_owed = True
                 self.owed_since = now
-                _core.timer_arm(self.tfd, _CHECK_QUIET)
+                _core.timer_arm(self.tfd, min(_CHECK_QUIET, max(0.0, self.due - now)) or 1e-6)
         for pid in pids:
             if pid in self.starts:
                 ringed = w.children[pid]
@@ -126,15 +216,39 @@ class SigchldBackend:
 
     def on_check_timer(self) -> None:
         _core.timer_drain(self.tfd)
-        if not self.check_owed:
+        if not self.starts:
+            self.due = 0.0
             return
         now = time.monotonic()
-        quiet = self.last_chld + _CHECK_QUIET
-        latest = self.owed_since + max(_CHECK_MAX_AGE, 500 * self.check_cost)
-        if now < quiet and now < latest:
-            _core.timer_arm(self.tfd, min(quiet, latest) - now)
+        if self.check_owed and now < self.due:
+            quiet = self.last_chld + _CHECK_QUIET
+            latest = self.owed_since + max(_CHECK_MAX_AGE, 500 * self.check_cost)
+            if now < quiet and now < latest:
+                _core.timer_arm(self.tfd, min(quiet, latest, self.due) - now)
+                return
+        elif now < self.due:
+            _core.timer_arm(self.tfd, self.due - now)
             return
         self.loss_check()
+
+    def _periodic(self, now: float) -> None:
+        """What the zombie peek below cannot see: children reaped by someone
+        else (a Popen.wait() or Process.join() in another thread; its
+        returncode tells, no system call), and, when no SIGCHLD is coming
+        (handler replaced, SIG_IGN: auto-reaped) or at a cost-bounded pace
+        (reaped by a bare waitpid elsewhere), each child asked in turn."""
+        w = self.w
+        self._check_handler()
+        if self.gone or now >= self.scan_due:
+            self.degraded_scans += 1
+            for pid in list(self.starts):
+                w.try_reap(w.children[pid])
+            self.scan_due = now + max(_SCAN_EVERY, 500 * (time.monotonic() - now))
+            return
+        for pid in list(self.starts):
+            c = w.children[pid]
+            if c._owner.returncode() is not None:
+                w.try_reap(c)
 
     def loss_check(self) -> None:
         """Reap watched zombies whose SIGCHLD was coalesced away. The debt is
@@ -142,6 +256,15 @@ class SigchldBackend:
         w = self.w
         self.loss_checks += 1
         t0 = time.monotonic()
+        # SIGCHLDs ringed since the last drain are covered by this check:
+        # take them now, so no debt is left behind for them.
+        for pid in _core.chld_drain()[0]:
+            if pid in self.starts:
+                ringed = w.children[pid]
+                if not w.try_reap(ringed) and not self.same_process(pid):
+                    w.lose(ringed)
+        if t0 >= self.due:
+            self._periodic(t0)
         while self.starts:
             z = _core.peek_any()
             if z <= 0:
@@ -153,11 +276,16 @@ class SigchldBackend:
                 for pid in list(self.starts):
                     w.try_reap(w.children[pid])
                 break
-        self.check_cost = time.monotonic() - t0
+        now = time.monotonic()
+        self.check_cost = now - t0
         self.exits_since_check = 0
-        if self.check_owed:
-            self.check_owed = False
-            _core.timer_arm(self.tfd, 0.0)
+        self.check_owed = False
+        if self.starts:
+            self._schedule(now)
+        else:
+            self.due = 0.0
+            if self.tfd >= 0:
+                _core.timer_arm(self.tfd, 0.0)
 
     def take_fds(self) -> list[int]:
         """Hand over its descriptors for closing (Watcher.close)."""

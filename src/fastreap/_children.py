@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing.process
 import signal as _signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal, TypedDict, Union
 
@@ -73,6 +75,7 @@ class Counters(TypedDict):
     lost: int  # watched children someone else reaped (exit status unknown)
     degraded_scans: int  # SIGCHLD path: scans of every watched child (its ring overflowed)
     loss_checks: int  # SIGCHLD path: checks for children reaped behind fastreap's back
+    sigchld_replaced: int  # SIGCHLD path: times its handler was found replaced by another one
     watched: int  # children watched now (not yet finished)
     pidfds: int  # pidfds the watcher holds now
     backend: str  # how exits are noticed: "pidfd", "sigchld" or "kqueue"
@@ -226,8 +229,15 @@ def watch(target: Target) -> Child:
             return child
         try:
             w.add(child)  # also reaps it if it has exited already: nothing would announce that
-        except ChildProcessError:
-            raise not_a_child(pid, "target", ours=owner.target is not None) from None
+        except (ChildProcessError, ProcessLookupError):
+            # Reaped already: by its owner racing us (Popen.wait() in another
+            # thread: ECHILD from the peek, ESRCH from pidfd_open)? Its
+            # returncode, read under its lock, is then the true code.
+            rc = owner.found()
+            if rc is None:
+                raise not_a_child(pid, "target", ours=owner.target is not None) from None
+            child._finish(from_returncode(pid, rc))
+            return child
         return child
 
 
@@ -319,23 +329,106 @@ def wait(
 
 
 def reap() -> list[ExitStatus]:
-    """Reap every exited child of this process (``waitpid(-1, WNOHANG)`` in one
-    C loop): the supervisor / PID-1 opt-in that steals. Statuses of watched
-    children still reach their Child, Popen and Process objects."""
+    """Reap every exited child of this process: the supervisor / PID-1 opt-in
+    that steals. Not from a live owner: the status of a child that a
+    ``subprocess.Popen`` or ``multiprocessing.Process`` still owns is taken
+    through the watcher under that object's lock and written back to it (so
+    its ``wait()``/``join()`` keep their true code); see ``_live_owners`` for
+    what cannot be protected."""
     w = _watcher.current()
     # Watched children first, by the non-stealing path (Popen locks respected).
     w.poll_now()
     out: list[ExitStatus] = []
-    with w.lock:
-        for r in _core.reap_all():
-            es = from_wait(*r)
-            out.append(es)
-            c = w.children.get(es.pid)
-            if c is None:
-                continue
-            c._owner.publish(es)
-            w.finish(c, es)
+    owners: dict[int, Any] | None = None
+    hold: set[int] | None = None
+    waited: set[int] = set()
+    while True:
+        z = _core.peek_any()  # a zombie, left waitable
+        if z <= 0:
+            break
+        with w.lock:
+            c = w.children.get(z)
+        if c is None:
+            if owners is None or z not in owners:
+                owners, hold = _live_owners()  # only when a zombie is neither watched nor known
+            target = owners.pop(z, None)
+            if target is not None:
+                try:
+                    c = watch(target)
+                except (ChildProcessError, ValueError, TypeError):
+                    c = None  # reaped by its owner meanwhile, or no longer watchable
+                else:
+                    owners[z] = None  # seen: never stolen below, even if it got away
+        if c is not None:
+            with w.lock:
+                w.try_reap(c)
+            if c._status is not None:
+                out.append(c._status)
+            if not c._done():
+                break  # cannot happen (it was a zombie); never spin
+            continue
+        if (owners is not None and z in owners) or (hold is not None and z in hold):
+            break  # a child whose owner cannot take it here: leave it (to it, or the next call)
+        if hold is not None and -1 in hold and z not in waited:
+            # A Popen is being made (fork done, pid not yet set): give its
+            # thread a moment, then look again. (Objects copied from a parent
+            # mid-construction never finish: one such pause per zombie.)
+            waited.add(z)
+            time.sleep(0.002)
+            owners = None
+            continue
+        with w.lock:
+            try:
+                r = _core.reap_pid(z)
+            except ChildProcessError:
+                continue  # someone else reaped it since the peek
+        if r is not None:
+            out.append(from_wait(*r))
     return out
+
+
+def _live_owners() -> tuple[dict[int, Any], set[int]]:
+    """pid -> the live Popen / multiprocessing Process that owns it, and the
+    pids never to steal though no owner can take them (a fork
+    ``multiprocessing`` Popen whose Process is not yet in ``_children``; -1:
+    some Popen is being made right now, between fork and ``self.pid``).
+
+    Found through ``multiprocessing.process._children`` (every started,
+    unjoined Process), ``subprocess._active`` (Popens dropped while running),
+    and a scan of the garbage collector's objects for ``Popen`` instances
+    (paid once per ``reap()`` call, only when a zombie is not watched). Not
+    protected: a Popen in the instant between fork and ``self.pid`` being set,
+    children made with ``os.fork``/``os.posix_spawn`` by other code, objects
+    the collector does not track."""
+    import gc
+    import multiprocessing.process as mpp
+
+    from ._owners import _Popen
+
+    mp_popen = getattr(sys.modules.get("multiprocessing.popen_fork"), "Popen", None)
+    out: dict[int, Any] = {}
+    hold: set[int] = set()
+    for p in list(getattr(mpp, "_children", ())):
+        popen = getattr(p, "_popen", None)
+        if popen is not None and popen.returncode is None and isinstance(p.pid, int):
+            out[p.pid] = p
+    for o in gc.get_objects():
+        if isinstance(o, _Popen):
+            if o.returncode is None:
+                if isinstance(getattr(o, "pid", None), int):
+                    out.setdefault(o.pid, o)
+                else:
+                    hold.add(-1)  # being made: its child may be the zombie
+        elif mp_popen is not None and isinstance(o, mp_popen) and o.returncode is None:
+            pid = getattr(o, "pid", None)
+            if not isinstance(pid, int):
+                hold.add(-1)
+            elif pid not in out:
+                hold.add(pid)
+    for o in list(getattr(subprocess, "_active", None) or ()):
+        if isinstance(o, _Popen) and o.returncode is None and isinstance(o.pid, int):
+            out.setdefault(o.pid, o)
+    return out, hold
 
 
 def set_subreaper(on: bool = True) -> None:
@@ -396,6 +489,7 @@ def counters() -> Counters:
         "lost": w.lost,
         "degraded_scans": w.sigchld.degraded_scans,
         "loss_checks": w.sigchld.loss_checks,
+        "sigchld_replaced": w.sigchld.replaced,
         "watched": len(w.children),
         "pidfds": w.pidfd.count,
         "backend": w.backend,

@@ -66,6 +66,16 @@ class _Record:
 
 _lock = threading.RLock()
 _installed: dict[int, _Record] = {}
+# Signals whose handler fastreap's watcher needs (SIGCHLD on its SIGCHLD
+# path): restore_signals puts back the user's part only (flags, exit mode,
+# Python handler) and leaves the watcher's installation in place.
+_kept: set[int] = set()
+
+
+def keep(signo: int) -> None:
+    """The watcher installed fastreap's handler for signo and needs it kept."""
+    with _lock:
+        _kept.add(signo)
 
 
 def default_flag() -> StopFlag:
@@ -160,6 +170,19 @@ def _undo(s: int, rec: _Record) -> None:
     # Put back only what is still ours: a handler installed since (signal.signal,
     # a C library) stays, Python-level one included.
     ours = _core.handler_installed(s)
+    if s in _kept:
+        # The watcher's installation is not the user's: drop the user's part
+        # only (flags, exit mode, Python handler) and keep the watcher's.
+        if rec.py_changed and ours:
+            _core.set_exit(s, False)
+            prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
+            _signal.signal(s, prev)
+        for f in rec.flags:
+            _core.unbind(s, f)
+        _core.set_exit(s, False)
+        if ours:
+            _core.install(s, True, True)  # SA_RESTART, as the watcher installs it
+        return
     if rec.py_changed and ours:
         prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
         _signal.signal(s, prev)

@@ -194,6 +194,11 @@ class Members:
 
 
 _NOW = Deadline(0.0)  # long passed: collect without waiting
+# Stop signals not followed by SIGCONT: SIGKILL acts on a stopped process
+# anyway, and the job-control ones ask for a stop.
+_NO_CONT = frozenset(
+    {_signal.SIGKILL, _signal.SIGCONT, _signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU}
+)
 GRACE, KILLING, DONE = "grace", "killing", "done"
 
 
@@ -288,14 +293,19 @@ class StopRun:
     # -- signals (the only I/O it does itself) -------------------------------
 
     def _signal(self, kids: list[Child], sig: int) -> None:
+        # A stopped (SIGSTOPped) child would only act on the stop signal once
+        # continued: follow it with SIGCONT, as systemd does.
+        sigs = (sig,) if sig in _NO_CONT else (sig, _signal.SIGCONT)
         w = _watcher.current()
         if self.members is None:
             if all(c._watcher is w for c in kids):
                 with w.lock:
-                    w.signal_many(kids, sig)  # the pidfd ones in one C loop
+                    for s in sigs:
+                        w.signal_many(kids, s)  # the pidfd ones in one C loop
             else:
                 for c in kids:
-                    c.send_signal(sig)
+                    for s in sigs:
+                        c.send_signal(s)
             return
         own = os.getpgrp()
         with w.lock:
@@ -313,13 +323,16 @@ class StopRun:
             for c in live:
                 g = groups.get(c.pid, own)
                 if g == own:  # never our own group (checked up front; it may have moved)
-                    w.send_locked(c, sig)
+                    for s in sigs:
+                        w.send_locked(c, s)
             for g in pgids:
-                try:
-                    os.killpg(g, sig)
-                except ProcessLookupError:
-                    pass
-        self.members.signal(sig, skip=pgids)
+                for s in sigs:
+                    try:
+                        os.killpg(g, s)
+                    except ProcessLookupError:
+                        pass
+        for s in sigs:
+            self.members.signal(s, skip=pgids)
 
     def pending(self) -> list[Child]:
         return [c for c in self.kids if not c._done()]

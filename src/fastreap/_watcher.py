@@ -441,11 +441,14 @@ class Watcher:
                     finally:
                         self.followers -= 1
                     continue
+                pfd = self.poller()
+                if self.sigchld.no_timer:
+                    remaining = self.sigchld.cap(remaining)  # the periodic loss check, without a timer
                 self.leading = True
                 self.lock.release()
                 tokens: list[int] = []
                 try:
-                    tokens = _core.poller_wait(self.poller(), remaining)
+                    tokens = _core.poller_wait(pfd, remaining)
                 finally:
                     # Ctrl-C may interrupt acquire() itself: we must hold the
                     # lock again (and stop leading) before anything propagates.
@@ -458,6 +461,8 @@ class Watcher:
                     if pending is not None:
                         raise pending
                 self.process(tokens)
+                if self.sigchld.no_timer:
+                    self.sigchld.tick()
             return True
 
     def poll_now(self) -> None:
@@ -509,11 +514,26 @@ def acquire_uninterruptibly(lock: Any) -> BaseException | None:
             pending = e
 
 
-_current = Watcher()
+def _prepared(w: Watcher) -> Watcher:
+    """Open up front what the SIGCHLD path needs (poller, wake-up descriptor,
+    loss-check timer), so that it can take over with no descriptor free."""
+    if _core.IS_LINUX:
+        with contextlib.suppress(OSError):
+            w.poller()
+            w.sigchld.prepare()
+    return w
+
+
+_current = _prepared(Watcher())
+
+
+_forked = False  # set in a fork child; the fresh watcher is made on first use
 
 
 def current() -> Watcher:
     """The process-wide watcher (a fresh one after fork, or a swapped one)."""
+    if _forked:
+        _after_fork_rebuild()
     return _current
 
 
@@ -530,7 +550,7 @@ def swapped(use_pidfd: bool | None = None) -> Iterator[Watcher]:
     sizes its pidfd budget from the current RLIMIT_NOFILE; ``use_pidfd=False``
     puts every child on the SIGCHLD path."""
     global _current
-    old = _current
+    old = current()
     new = _successor(old, use_pidfd)
     _current = new
     try:
@@ -542,8 +562,26 @@ def swapped(use_pidfd: bool | None = None) -> Iterator[Watcher]:
 
 
 def after_fork_in_child() -> None:
+    """In the fork child: refuse the parent's watcher at once (two writes:
+    this runs in every fork child and touches as few pages as it can); the
+    fresh watcher is made, and the parent's descriptors closed, on first use
+    (``current``)."""
+    global _forked, _rebuild_lock
+    _current.closed = True
+    _forked = True
+    _rebuild_lock = threading.Lock()  # a fork during a rebuild must not leave it held
+
+
+def _after_fork_rebuild() -> None:
     """The child gets a fresh watcher; the parent's (and its descriptors) are closed."""
-    global _current
-    old = _current
-    _current = _successor(old)  # first: whatever happens below, the child has a working watcher
-    old.close()
+    global _current, _forked
+    with _rebuild_lock:
+        if not _forked:
+            return
+        old = _current
+        _current = _successor(old)  # first: whatever happens below, the child has a working watcher
+        _forked = False
+        old.close()
+
+
+_rebuild_lock = threading.Lock()
