@@ -138,17 +138,20 @@ def test_popen_communicate_timeout_with_pipes(backend: str) -> None:
     assert out == b"got hi\nbye\n" and p.returncode == 3
 
 
-def test_popen_started_before_install_is_left_alone() -> None:
+def test_popen_started_before_install_is_left_alone(backend: str) -> None:
+    # A fresh watcher (the backend fixture): its counters see only this test's children.
     r0 = _reaped()
     p = subprocess.Popen(["/bin/sh", "-c", "exit 6"])
     fastreap.install()
     try:
         assert p.wait(10) == 6
+        assert _reaped() == r0  # the first one stayed the stdlib's
+        assert fastreap.counters()["watched"] == 0
         q = subprocess.Popen(["/bin/sh", "-c", "exit 7"])
+        # the second one is watched (and may be reaped by now already)
+        assert fastreap.counters()["watched"] + _reaped() - r0 == 1
     finally:
         fastreap.uninstall()
-    assert _reaped() == r0  # the first one stayed the stdlib's
-    assert fastreap.counters()["watched"] == 1  # the second one is watched
     assert q.wait(10) == 7  # and its Popen works after uninstall()
     fastreap.watch(q).wait(10)
 
