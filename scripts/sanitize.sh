@@ -43,7 +43,7 @@ mkdir -p "$work/src-copy"
 git ls-files -z | xargs -0 cp --parents -t "$work/src-copy" || exit 2
 "$PY" -m venv "$work/venv" || exit 2
 vpy="$work/venv/bin/python"
-"$vpy" -m pip install -q --disable-pip-version-check pytest pytest-timeout hypothesis psutil "Cython>=3.1" "setuptools>=77" || exit 2
+"$vpy" -m pip install -q --disable-pip-version-check pytest pytest-timeout hypothesis psutil "mypy==2.4.1" "Cython>=3.1" "setuptools>=77" || exit 2
 FASTREAP_DEBUG_BUILD=1 "$vpy" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps "$work/src-copy" ||
     exit 2
 # The extension really is instrumented.
