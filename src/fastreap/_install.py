@@ -41,6 +41,7 @@ import multiprocessing.popen_fork
 import multiprocessing.process
 import os
 import subprocess
+import sys
 import threading
 from asyncio import unix_events
 from typing import Any
@@ -209,12 +210,20 @@ async def _make_subprocess_transport(
 
 
 def _user_watcher() -> bool:
-    """3.10-3.13: a child watcher other than the default ThreadedChildWatcher
-    was chosen (``asyncio.set_child_watcher``): respect it. 3.14 has none."""
+    """3.10-3.13: a child watcher other than the defaults was chosen
+    (``asyncio.set_child_watcher``): respect it. The defaults are
+    ThreadedChildWatcher and, from 3.12 where pidfds work, PidfdChildWatcher:
+    asyncio puts one of them on the policy at its first subprocess, which is
+    no choice of the user's. 3.14 has none."""
     policy = asyncio.events._event_loop_policy  # type: ignore[attr-defined]
     w = getattr(policy, "_watcher", None)
-    threaded = getattr(unix_events, "ThreadedChildWatcher", None)
-    return w is not None and threaded is not None and type(w) is not threaded
+    names = (
+        ("ThreadedChildWatcher", "PidfdChildWatcher")
+        if sys.version_info >= (3, 12)
+        else ("ThreadedChildWatcher",)
+    )
+    defaults = tuple(c for c in (getattr(unix_events, n, None) for n in names) if c)
+    return w is not None and bool(defaults) and type(w) not in defaults
 
 
 def _deliver_exit(loop: asyncio.AbstractEventLoop, transp: Any) -> None:
