@@ -99,16 +99,15 @@ def _fastreap(n: int) -> float:
     t0 = time.monotonic()
     r = fastreap.graceful_stop(pids, GRACE)
     dt = time.monotonic() - t0
-    if len(r.returncodes) != n or any(rc is None for rc in r.returncodes.values()):
+    if len(r.returncodes) != n or r.lost or r.alive:
         raise RuntimeError("graceful_stop left a child unreaped")
     return dt
 
 
-def _psutil(n: int) -> float:
+def _psutil_stop(pids: list[int]) -> None:
+    """psutil's recipe: terminate all, wait_procs to one deadline, kill the rest."""
     import psutil  # type: ignore[import-untyped,unused-ignore]
 
-    pids = _spawn_mix(n)
-    t0 = time.monotonic()
     procs = [psutil.Process(p) for p in pids]
     for p in procs:
         p.terminate()
@@ -116,6 +115,12 @@ def _psutil(n: int) -> float:
     for p in alive:
         p.kill()
     psutil.wait_procs(alive)
+
+
+def _psutil(n: int) -> float:
+    pids = _spawn_mix(n)
+    t0 = time.monotonic()
+    _psutil_stop(pids)
     return time.monotonic() - t0
 
 
@@ -246,7 +251,7 @@ def stagger_case(case: str, n: int) -> float:
         t0 = time.monotonic()
         if case == "fastreap":
             r = fastreap.graceful_stop(procs, GRACE)
-            if any(rc is None for rc in r.returncodes.values()):
+            if r.lost or r.alive:
                 raise RuntimeError("graceful_stop left a child unreaped")
         else:
             deadline = t0 + GRACE
@@ -266,18 +271,10 @@ def stagger_case(case: str, n: int) -> float:
         if fastreap.counters()["backend"] != "sigchld":
             raise RuntimeError("FASTREAP_BACKEND=sigchld did not take effect")
         r = fastreap.graceful_stop(pids, GRACE)
-        if any(rc is None for rc in r.returncodes.values()):
+        if r.lost or r.alive:
             raise RuntimeError("graceful_stop left a child unreaped")
     elif case == "psutil":
-        import psutil
-
-        procs = [psutil.Process(p) for p in pids]
-        for p in procs:
-            p.terminate()
-        _gone, alive = psutil.wait_procs(procs, timeout=GRACE)
-        for p in alive:
-            p.kill()
-        psutil.wait_procs(alive)
+        _psutil_stop(pids)
     else:
         raise ValueError(f"unknown case {case!r}")
     return time.monotonic() - t0
