@@ -70,7 +70,12 @@ def children() -> None:
     kids[0].terminate()
     done, pending = fastreap.wait(kids, 10.0)
     assert done == {kids[0]} and kids[0].returncode == -signal.SIGTERM
-    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"])
+    stubborn = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; echo; while :; do sleep 0.05; done"], stdout=subprocess.PIPE
+    )
+    assert stubborn.stdout is not None
+    stubborn.stdout.readline()  # its trap is set: SIGTERM sent before would kill it
+    stubborn.stdout.close()
     r = fastreap.graceful_stop([*pending, stubborn], timeout=0.5)
     assert stubborn.pid in {c.pid for c in r.killed}, r
     assert not r.lost and not r.alive
