@@ -13,13 +13,16 @@ Chaining policy (what else runs when a handled signal arrives):
   sets the flag instead of raising KeyboardInterrupt, until ``restore_signals``;
 * SIG_DFL and SIG_IGN are replaced, not called;
 * with ``exit=True`` the main thread gets ``Stopped`` instead (through
-  ``PyErr_SetInterruptEx``), and Python-level handlers are replaced.
+  ``PyErr_SetInterruptEx``), and Python-level handlers are replaced. One
+  ``Stopped`` per ``handle_signals(exit=True)`` call: later signals only set
+  the flag, so they cannot abort the cleanup the first one started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal as _signal
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -83,8 +86,130 @@ def default_flag() -> StopFlag:
     return _core.default_flag
 
 
-def _raise_stopped(signum: int, frame: object) -> None:
+# ------------------------------------------------------- raising Stopped
+#
+# One handled signal raises one Stopped; later ones, while that Stopped is on
+# its way (being raised, caught, cleaned up after, or propagating to the
+# exit), only set the flag and count: a second SIGTERM must not abort the
+# cleanup the first one started (Ctrl-C's KeyboardInterrupt would). The latch
+# is re-armed by every handle_signals(..., exit=True) call, and in a forked
+# child. To force a stuck cleanup, a supervisor escalates to SIGKILL.
+_raised = False
+# The deferred raise, while one is pending (see _defer): frame, tool id, signal.
+_deferred: tuple[Any, int, int] | None = None
+_MONITORING_NAME = "fastreap"
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    global _raised
+    if _deferred is not None:  # a deferred raise that never happened: raise now
+        raise Stopped(_cancel_deferred())
+    if _raised:
+        return
+    _raised = True
+    if frame is not None and _defer(signum, frame):
+        return
     raise Stopped(signum)
+
+
+def _loop_escapes_try(frame: Any) -> bool:
+    """Whether an exception raised now would skip a try that encloses the loop.
+
+    CPython 3.13 compiles the back edge of ``while <test>:`` (its
+    JUMP_BACKWARD) outside the exception-table range of an enclosing try
+    (python/cpython#130279), and that jump is where a tight loop checks for
+    signals: a Stopped raised there leaves the frame without running its
+    ``except`` and ``finally``. It does so when the jump's own offset has
+    another handler than its target, the top of the loop."""
+    code = frame.f_code
+    offset = frame.f_lasti
+    raw = code.co_code
+    import dis  # only on this rare path: a Stopped raised at a backward jump
+
+    if not 0 <= offset < len(raw) or raw[offset] != dis.opmap.get("JUMP_BACKWARD", -1):
+        return False
+    for ins in dis.get_instructions(code):
+        if ins.offset == offset:
+            target = ins.argval
+            break
+    else:  # pragma: no cover - the instruction is always there
+        return False
+    handler = _handler_at(code, target)
+    return handler is not None and handler != _handler_at(code, offset)
+
+
+def _handler_at(code: Any, offset: int) -> int | None:
+    """The handler covering the instruction at byte ``offset``, from
+    ``co_exceptiontable`` (varints of 6 bits, 64 = more; offsets in code units)."""
+    table = iter(code.co_exceptiontable)
+
+    def varint() -> int:
+        b = next(table)
+        v = b & 63
+        while b & 64:
+            b = next(table)
+            v = (v << 6) | (b & 63)
+        return v
+
+    try:
+        while True:
+            start = varint() * 2
+            end = start + varint() * 2
+            target = varint() * 2
+            varint()  # depth and lasti
+            if start <= offset < end:
+                return target
+    except StopIteration:
+        return None
+
+
+def _defer(signum: int, frame: Any) -> bool:
+    """Raise Stopped at the frame's next instruction instead of this one, when
+    this one is a loop's back edge outside the loop's try (see
+    _loop_escapes_try). The next instruction is the top of the loop, inside the
+    try: a one-shot sys.monitoring INSTRUCTION callback on that code object
+    raises there. False when it cannot (no sys.monitoring before 3.12, no free
+    tool id): the caller raises at once, as CPython would."""
+    global _deferred
+    mon = getattr(sys, "monitoring", None)
+    if mon is None or not _loop_escapes_try(frame):
+        return False
+    tool = next((t for t in (4, 3) if mon.get_tool(t) is None), None)
+    if tool is None:
+        return False
+    try:
+        mon.use_tool_id(tool, _MONITORING_NAME)
+    except ValueError:  # taken since get_tool, by another thread
+        return False
+
+    def at_next_instruction(code: object, offset: int) -> None:
+        if _deferred is None or sys._getframe(1) is not _deferred[0]:
+            return  # the same code run by another frame or thread
+        raise Stopped(_cancel_deferred())
+
+    mon.register_callback(tool, mon.events.INSTRUCTION, at_next_instruction)
+    mon.set_local_events(tool, frame.f_code, mon.events.INSTRUCTION)
+    _deferred = (frame, tool, signum)
+    # The frame executes the jump, then the top of the loop: nothing runs in
+    # between but the rest of this signal check. Should another Python
+    # handler raise there, the next handled signal raises instead. (No
+    # _thread.interrupt_main here to make sure: the eval-breaker check right
+    # after that call would run this handler again, here, before the jump.)
+    return True
+
+
+def _cancel_deferred() -> int:
+    """Drop the pending deferred raise; return its signal."""
+    global _deferred
+    assert _deferred is not None
+    frame, tool, signum = _deferred
+    _deferred = None
+    mon: Any = getattr(sys, "monitoring")  # noqa: B009 - absent before 3.12
+    if mon.get_tool(tool) == _MONITORING_NAME:
+        mon.set_local_events(tool, frame.f_code, 0)
+        mon.register_callback(tool, mon.events.INSTRUCTION, None)
+        mon.free_tool_id(tool)
+    return signum
 
 
 def _is_main_thread() -> bool:
@@ -99,8 +224,10 @@ def handle_signals(
 ) -> StopFlag:
     """Install fastreap's C handler for ``signals`` (from any thread); each
     arrival sets ``flag`` (the process default flag when None). With
-    ``exit=True`` the main thread also gets ``Stopped`` at its next bytecode.
-    Idempotent; ``restore_signals`` undoes it."""
+    ``exit=True`` the main thread also gets ``Stopped`` at its next bytecode,
+    once: later arrivals only set the flag until the next
+    ``handle_signals(exit=True)`` call re-arms it. Idempotent otherwise;
+    ``restore_signals`` undoes it."""
     sigs = check_handled(signals)
     check_bool(exit, "exit")
     flag = check_flag(flag)
@@ -108,7 +235,10 @@ def handle_signals(
         # Python runs exception-raising handlers only in the main thread and
         # lets only the main thread set them (signal.signal).
         raise ValueError("exit=True must be asked for from the main thread; other threads may use exit=False")
+    global _raised
     with _lock:
+        if exit:
+            _raised = False  # re-arm: the next handled signal raises Stopped again
         # What this call changed, so a failure half-way (a full binding table,
         # a refused sigaction) undoes it and leaves every signal as it was.
         done: list[list[Any]] = []  # [signal, record, new, bound, upgraded]
@@ -224,5 +354,6 @@ def handled_signals() -> dict[int, int]:
 
 def after_fork_in_child() -> None:
     """A fresh books lock in the child (called by ``_fork``, after ``_core``'s)."""
-    global _lock
+    global _lock, _raised
     _lock = threading.RLock()
+    _raised = False  # a new process: its first handled signal raises Stopped

@@ -152,6 +152,77 @@ def exit_mode(how: str = "sleep") -> None:
         print("FINALLY", flush=True)
 
 
+class _Loop:
+    stop = False
+
+
+def exit_loop(shape: str, rounds: str) -> None:
+    """Many SIGTERMs, each into a fresh try around a busy loop: every one
+    must land in that try's except and finally (python/cpython#130279 made
+    the back edge of `while <test>:` skip them on 3.13). Each round re-arms
+    exit mode; a thread sends the signal after a random delay."""
+    import random
+
+    caught = finally_ran = 0
+    sys.setswitchinterval(1e-4)  # the killer thread gets the GIL from the busy loop at once
+    for _ in range(int(rounds)):
+        fastreap.handle_signals(exit=True)  # re-arm for this round
+        loop = _Loop()
+        killer = threading.Timer(random.uniform(0, 0.002), os.kill, (os.getpid(), signal.SIGTERM))
+        guard = threading.Timer(10, setattr, (loop, "stop", True))  # never hang the test
+        killer.daemon = guard.daemon = True  # an escaped Stopped must not wait for them
+        guard.start()
+        try:
+            killer.start()
+            if shape == "tight":
+                while not loop.stop:  # the only signal check: the loop's back edge
+                    pass
+            else:
+                n = 0
+                while time.monotonic() > 0 and not loop.stop:
+                    n += 1
+            print("NOT STOPPED", flush=True)
+        except fastreap.Stopped:
+            caught += 1
+        finally:
+            finally_ran += 1
+            killer.join()
+            guard.cancel()
+            guard.join()
+    result(caught=caught, finally_ran=finally_ran)
+
+
+def exit_repeat() -> None:
+    """A second SIGTERM while the first one's Stopped is being handled sets
+    the flag but raises nothing, so the cleanup runs to its end; a new
+    handle_signals(exit=True) re-arms."""
+    out: dict[str, object] = {}
+    fastreap.handle_signals(exit=True)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        settle()
+        out["first"] = "not raised"
+    except fastreap.Stopped:
+        out["first"] = "raised"
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the cleanup
+            signal.raise_signal(signal.SIGINT)  # another handled signal, too
+            settle()
+            out["second"] = "not raised"
+        finally:
+            out["cleanup_done"] = True
+    out["counts"] = {str(s): n for s, n in _flags.handled_signals().items() if s in (signal.SIGTERM, signal.SIGINT)}
+    out["flag_signal"] = _flags.default_flag().signal
+    fastreap.handle_signals(exit=True)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        settle()
+        out["rearmed"] = "not raised"
+    except fastreap.Stopped as e:
+        out["rearmed"] = e.code
+    result(**out)
+
+
 def restore() -> None:
     """Every kind of previous disposition comes back exactly, and works."""
     calls: list[int] = []
@@ -402,6 +473,8 @@ SCENARIOS = {
     "sender": sender,
     "thread_install": thread_install,
     "exit": exit_mode,
+    "exit_loop": exit_loop,
+    "exit_repeat": exit_repeat,
     "restore": restore,
     "restore_exit": restore_exit,
     "chain_c": chain_c,
