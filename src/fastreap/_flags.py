@@ -130,7 +130,7 @@ def _loop_escapes_try(frame: Any) -> bool:
         return False
     for ins in dis.get_instructions(code):
         if ins.offset == offset:
-            target = ins.argval
+            target: int = ins.argval
             break
     else:  # pragma: no cover - the instruction is always there
         return False
@@ -141,7 +141,7 @@ def _loop_escapes_try(frame: Any) -> bool:
 def _handler_at(code: Any, offset: int) -> int | None:
     """The handler covering the instruction at byte ``offset``, from
     ``co_exceptiontable`` (varints of 6 bits, 64 = more; offsets in code units)."""
-    table = iter(code.co_exceptiontable)
+    table: Iterator[int] = iter(code.co_exceptiontable)
 
     def varint() -> int:
         b = next(table)

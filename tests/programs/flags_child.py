@@ -211,7 +211,9 @@ def exit_repeat() -> None:
             out["second"] = "not raised"
         finally:
             out["cleanup_done"] = True
-    out["counts"] = {str(s): n for s, n in _flags.handled_signals().items() if s in (signal.SIGTERM, signal.SIGINT)}
+    out["counts"] = {
+        str(s): n for s, n in _flags.handled_signals().items() if s in (signal.SIGTERM, signal.SIGINT)
+    }
     out["flag_signal"] = _flags.default_flag().signal
     fastreap.handle_signals(exit=True)
     try:
