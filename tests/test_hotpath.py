@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -133,3 +136,88 @@ def test_graceful_stop_batch_signals_and_reaps(pidfd_watcher: _watcher.Watcher) 
         assert s.stdin is not None and s.stdout is not None
         s.stdin.close()
         s.stdout.close()
+
+
+def _exit_on_byte(r: int, code: int) -> None:
+    """A multiprocessing target: exit with code once a byte comes."""
+    os.read(r, 1)
+    os._exit(code)
+
+
+def _started_processes(n: int) -> tuple[list[multiprocessing.process.BaseProcess], Callable[[], None]]:
+    """n started fork Processes, child i exiting with code i once released:
+    the second item lets them all go and returns once each has exited (not
+    reaped)."""
+    ctx = multiprocessing.get_context("fork")
+    r, w = os.pipe()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            procs = [ctx.Process(target=_exit_on_byte, args=(r, i)) for i in range(n)]
+            for p in procs:
+                p.start()
+    finally:
+        os.close(r)
+
+    def release() -> None:
+        try:
+            os.write(w, b"x" * n)
+        finally:
+            os.close(w)
+        for p in procs:
+            assert p.pid is not None
+            os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+
+    return procs, release
+
+
+def test_batch_reap_takes_processes(pidfd_watcher: _watcher.Watcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """multiprocessing.Process targets are reaped in the one C call too (after
+    a peek whose status they get first), each with its own status."""
+    batched: list[int] = []
+    real = _core.reap_batch
+
+    def spy(pids: list[int], fds: list[int], close: bool = False) -> list[object]:
+        batched.extend(pids)
+        return real(pids, fds, close)
+
+    monkeypatch.setattr(_core, "reap_batch", spy)
+    procs, release = _started_processes(6)
+    kids = [fastreap.watch(p) for p in procs]
+    release()
+    _done, pending = fastreap.wait(kids, 10, fastreap.ALL_EXITED)
+    assert not pending
+    assert sorted(batched) == sorted(p.pid for p in procs)
+    for i, (p, c) in enumerate(zip(procs, kids, strict=True)):
+        assert c.returncode == i and p.exitcode == i and not c.lost
+        p.join(5)
+        assert p.exitcode == i
+        p.close()
+    assert pidfd_watcher.pidfd.count == 0 and not pidfd_watcher.pidfd_of
+
+
+def test_batch_reap_keeps_the_peeked_status_of_a_process_its_join_reaped(
+    pidfd_watcher: _watcher.Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Process's join() has no lock: if it reaps the child between the
+    batch's peek and its reap, the child keeps the peeked status (published
+    to the Process before the reap), it is not lost."""
+    real = _core.reap_batch
+    raced: list[int] = []
+
+    def join_wins(pids: list[int], fds: list[int], close: bool = False) -> list[object]:
+        for pid in pids:  # what a racing Process.join() does: waitpid, no lock
+            os.waitpid(pid, 0)
+            raced.append(pid)
+        return real(pids, fds, close)
+
+    monkeypatch.setattr(_core, "reap_batch", join_wins)
+    procs, release = _started_processes(3)
+    kids = [fastreap.watch(p) for p in procs]
+    release()
+    _done, pending = fastreap.wait(kids, 10, fastreap.ALL_EXITED)
+    assert not pending and sorted(raced) == sorted(p.pid for p in procs)
+    for i, (p, c) in enumerate(zip(procs, kids, strict=True)):
+        assert not c.lost and c.returncode == i and p.exitcode == i
+        p.close()
+    assert pidfd_watcher.pidfd.count == 0 and not pidfd_watcher.pidfd_of

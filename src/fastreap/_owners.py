@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import time
 from contextlib import AbstractContextManager
 from typing import Any, TypeGuard
@@ -44,6 +45,9 @@ class Owner:
     # Its pidfd's "exited" lets the watcher reap it in a batch (no peek,
     # at most a lock taken without blocking: see trylock).
     batch = True
+    # A batch reap peeks it first and publishes the peeked status before
+    # reaping (publish_early: an owner with no lock of its own).
+    peek_first = False
 
     def __init__(self, target: Any = None) -> None:
         self.target = target
@@ -145,7 +149,7 @@ class ProcessOwner(_Object):
     """A ``multiprocessing.Process`` started by fork or spawn: our child."""
 
     __slots__ = ()
-    batch = False  # publish_early needs a peek before the reap
+    peek_first = True  # publish_early needs a peek before the reap (a batch reap makes it)
 
     def check(self, name: str) -> None:
         check_mp_process(self.target, name)
@@ -184,6 +188,7 @@ class ForkserverOwner(ProcessOwner):
 
     __slots__ = ()
     foreign = True
+    batch = False  # nothing to reap: its sentinel's token goes through try_reap
 
     def poll(self) -> int | None:
         return self.target._popen.poll()  # type: ignore[no-any-return]  # reads the code from its sentinel
@@ -203,11 +208,10 @@ def is_mp_process(target: object) -> TypeGuard[Any]:  # a BaseProcess, whose pri
 
 
 def _is_forkserver_popen(popen: object) -> bool:
-    try:
-        from multiprocessing import popen_forkserver
-    except ImportError:  # pragma: no cover - platforms without forkserver
-        return False
-    return isinstance(popen, popen_forkserver.Popen)
+    # A fork-server Popen exists only once its module is imported: looked up,
+    # not imported (an import per watched Process, and ~25 ms the first time).
+    mod = sys.modules.get("multiprocessing.popen_forkserver")
+    return mod is not None and isinstance(popen, mod.Popen)
 
 
 _PID = Owner()

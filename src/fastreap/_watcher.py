@@ -360,21 +360,41 @@ class Watcher:
     def reap_batch(self, kids: list[Child]) -> None:
         """Reap children whose pidfd said "exited" (lock held): one C call
         reaps them all through their pidfds (with rusage, decoded in C), then
-        one pass publishes. Only owners that need no peek take part (a plain
-        pid, or a Popen whose _waitpid_lock is free and is held across the
-        reap, as try_reap does); any other goes through try_reap."""
+        one pass publishes. Owners take part as try_reap treats them: a plain
+        pid as is; a Popen whose _waitpid_lock is free, held across the reap;
+        a Process (``Owner.peek_first``) after a WNOWAIT peek whose status is
+        published before the reap (its join() has no lock: one racing us
+        finds ECHILD and reads that), and kept if a racing join() reaps it
+        first. A Popen whose lock is busy goes through try_reap."""
         todo: list[Child] = []
         locks: list[Any] = []
+        early: dict[int, ExitStatus] = {}
+        pidfd_of = self.pidfd_of
         try:
             for c in kids:
                 if c._done():
                     continue
-                lk = c._owner.trylock()
+                owner = c._owner
+                if owner.peek_first:
+                    try:
+                        peeked = _core.peek(c.pid, pidfd_of.get(c.pid, -1))
+                    except ChildProcessError:
+                        self.lose(c)  # its join() reaped it: what it found, or lost
+                        continue
+                    if peeked is None:  # not exited after all: keep its exit reported
+                        self.pidfd.rearm((c.pid,))
+                        continue
+                    es = _status.from_siginfo(c.pid, *peeked)
+                    owner.publish_early(es)
+                    early[c.pid] = es
+                    todo.append(c)
+                    continue
+                lk = owner.trylock()
                 if lk is None:
                     self.try_reap(c, True)  # its own wait() holds the lock: no stalling here
                     continue
                 if lk is not True:
-                    rc = c._owner.reaped_by_owner()
+                    rc = owner.reaped_by_owner()
                     if rc is not None:
                         lk.release()
                         self.finish(c, _status.from_returncode(c.pid, rc))
@@ -398,7 +418,9 @@ class Watcher:
                     self.pidfd.give_back(c.pid, fd)
                     continue
                 if r is None:
-                    done.append((c, None))  # reaped behind our back: lost
+                    # Reaped behind our back (a Process's join(), racing):
+                    # the peeked status if there was a peek, else lost.
+                    done.append((c, early.get(c.pid)))
                     continue
                 es = _status.from_decoded(*r)
                 c._owner.publish(es)
