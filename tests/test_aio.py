@@ -279,6 +279,31 @@ def test_wait_loops_in_threads_hear_each_others_reaps() -> None:
     assert [s.returncode for s in shared] == [-9, -9, -9]
 
 
+def test_wait_beside_asyncio_subprocess_under_install() -> None:
+    # Under fastreap.install() an asyncio subprocess reads the watcher through
+    # the same loop reader as aio.wait: its end must not take the reader away
+    # from a wait still running (that wait would never hear its child).
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = polite()
+        try:
+            waiting = asyncio.ensure_future(aio.wait(p))
+            await asyncio.sleep(0.01)
+            sp = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 3")
+            assert await asyncio.wait_for(sp.wait(), 30) == 3
+            await asyncio.sleep(0.01)
+        finally:
+            p.kill()
+        assert await asyncio.wait_for(waiting, 30) == -9
+        assert await no_watcher_reader(loop)
+
+    fastreap.install()
+    try:
+        run(main())
+    finally:
+        fastreap.uninstall()
+
+
 def test_wait_bad_input() -> None:
     async def main() -> None:
         p = polite()

@@ -39,19 +39,28 @@ __all__ = ["graceful_stop", "wait", "wait_for_stop"]
 
 
 class _Mux:
-    """One asyncio reader per (loop, descriptor), fanned out to subscribers.
-    Kept only while something is subscribed (no reference to a finished loop)."""
+    """One asyncio reader per (loop, descriptor), shared by its subscribers:
+    the one callback itself while there is only one distinct callback (the
+    usual case: the watcher's ``poll_now``, which aio waits and asyncio
+    subprocesses under ``fastreap.install()`` share), a fan-out once there are
+    several. Holds its loop weakly (``_muxes`` is keyed weakly), so a loop
+    closed with a reader in place is not kept alive by it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop_ref: Callable[[], asyncio.AbstractEventLoop | None] = weakref.ref(loop)
         self.subs: dict[int, dict[Callable[[], Any], int]] = {}
 
     def add(self, fd: int, cb: Callable[[], Any]) -> None:
         subs = self.subs.get(fd)
         if subs is None:
-            self.loop.add_reader(fd, self._dispatch, fd)
-            subs = self.subs[fd] = {}
-        subs[cb] = subs.get(cb, 0) + 1
+            self._loop().add_reader(fd, cb)
+            self.subs[fd] = {cb: 1}
+        elif cb in subs:
+            subs[cb] += 1
+        else:
+            if len(subs) == 1:  # a second distinct callback: fan out from now on
+                self._loop().add_reader(fd, self._dispatch, fd)
+            subs[cb] = 1
 
     def remove(self, fd: int, cb: Callable[[], Any]) -> None:
         subs = self.subs.get(fd)
@@ -62,17 +71,23 @@ class _Mux:
             del subs[cb]
         if not subs:
             del self.subs[fd]
-            if not self.loop.is_closed():
-                self.loop.remove_reader(fd)
+            loop = self._loop()
+            if not loop.is_closed():
+                loop.remove_reader(fd)
             if not self.subs:
-                _muxes.pop(self.loop, None)
+                _muxes.pop(loop, None)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.loop_ref()
+        assert loop is not None  # called from the loop, or by a waiter on it
+        return loop
 
     def _dispatch(self, fd: int) -> None:
         for cb in list(self.subs.get(fd, ())):
             cb()
 
 
-_muxes: dict[asyncio.AbstractEventLoop, _Mux] = {}
+_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = weakref.WeakKeyDictionary()
 
 
 def _mux(loop: asyncio.AbstractEventLoop) -> _Mux:
@@ -136,7 +151,7 @@ class _Waits:
         r = self.readers.get(w)
         if r is None:
             fd = w.fileno()
-            loop.add_reader(fd, w.poll_now)
+            _mux(loop).add(fd, w.poll_now)
             self.readers[w] = [fd, 1]
         else:
             r[1] += 1
@@ -159,8 +174,9 @@ class _Waits:
 
     def _remove(self, loop: asyncio.AbstractEventLoop, w: _watcher.Watcher) -> None:
         fd = self.readers.pop(w)[0]
-        if not loop.is_closed():
-            loop.remove_reader(fd)
+        m = _muxes.get(loop)
+        if m is not None:
+            m.remove(fd, w.poll_now)
         if not self.readers and not self.futs:
             _waits.pop(loop, None)
 
