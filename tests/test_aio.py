@@ -248,6 +248,27 @@ def test_wait_closed_loop_keeps_nothing() -> None:
     assert len(aio._waits) == 0
 
 
+def test_wait_left_pending_on_a_closed_loop(caplog: pytest.LogCaptureFixture) -> None:
+    # A loop closed with a wait still pending: the child's later exit, reaped
+    # in the same thread, must not try to wake it (no error from the done
+    # callback), and the abandoned wait's cleanup must not raise either.
+    loop = asyncio.new_event_loop()
+    p = polite()
+    try:
+        task = loop.create_task(aio.wait(p))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done()
+        loop.close()
+    finally:
+        p.kill()
+    with caplog.at_level("ERROR", logger="fastreap"):
+        assert fastreap.watch(p).wait() == -9
+    assert not [r for r in caplog.records if r.name == "fastreap"]
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    del task
+    gc.collect()
+
+
 def test_wait_loops_in_threads_hear_each_others_reaps() -> None:
     # Two loops in two threads wait on the same children: whichever loop's
     # reader reaps one, the other hears of it (call_soon_threadsafe).

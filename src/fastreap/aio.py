@@ -164,7 +164,7 @@ class _Waits:
         r[1] -= 1
         if r[1]:
             return
-        if w is not _watcher.current() or w.closed:
+        if w is not _watcher.current() or w.closed or loop.is_closed():
             self._remove(loop, w)
         else:
             self.idle_since = loop.time()
@@ -197,19 +197,21 @@ class _Waits:
         """Done callback of every child awaited on this loop: in the reaping
         thread, with the watcher lock held. In the loop's thread (its reader's
         poll_now, or any other call there) its futures are resolved at once;
-        from another thread the loop is asked to resolve them."""
+        from another thread the loop is asked to resolve them. Nothing once
+        the loop is closed (a wait left pending when it was)."""
+        loop = self.loop_ref()
+        if loop is None or loop.is_closed():
+            return
         if threading.get_ident() == self.thread:
             self.resolve(c)
             return
         self.queue.append(c)  # before reading `queued`: see _drain
         if not self.queued:
             self.queued = True
-            loop = self.loop_ref()
-            if loop is not None and not loop.is_closed():
-                try:
-                    loop.call_soon_threadsafe(self._drain)
-                except RuntimeError:
-                    pass  # closed meanwhile: nobody is left to wake
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                pass  # closed meanwhile: nobody is left to wake
 
     def _drain(self) -> None:
         # `queued` is cleared first: a child queued after the loop below has
