@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -52,6 +54,14 @@ def no_reader(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
 
 def watcher_fd() -> int:
     return _watcher.current().pfd
+
+
+async def no_watcher_reader(loop: asyncio.AbstractEventLoop) -> bool:
+    """The loop's reader on the watcher is gone once the loop has had no wait
+    for aio._IDLE seconds (the idle timer was armed before this sleep's, so
+    it has run by the time this one does)."""
+    await asyncio.sleep(aio._IDLE * 3)
+    return no_reader(loop, watcher_fd())
 
 
 # ---- wait_for_stop -------------------------------------------------------------
@@ -140,7 +150,7 @@ def test_wait_targets() -> None:
         assert pr.exitcode == 7
         pr.join()
         assert await aio.wait(p) == 3  # already reaped: at once
-        assert no_reader(asyncio.get_running_loop(), watcher_fd())
+        assert await no_watcher_reader(asyncio.get_running_loop())
 
     run(main())
 
@@ -152,7 +162,7 @@ def test_wait_many_at_once_no_threads() -> None:
         got = await asyncio.gather(*(aio.wait(k) for k in kids))
         assert got == list(range(20))
         assert threading.active_count() == threads
-        assert no_reader(asyncio.get_running_loop(), watcher_fd())
+        assert await no_watcher_reader(asyncio.get_running_loop())
 
     run(main())
 
@@ -181,13 +191,138 @@ def test_wait_cancel_leaves_child_and_no_reader() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert no_reader(loop, watcher_fd())
+        assert await no_watcher_reader(loop)
         c = fastreap.watch(p)
         assert c.is_alive() and c not in _watcher.current().callbacks
         c.kill()
         assert await aio.wait(p) == -9
 
     run(main())
+
+
+def test_wait_one_reader_and_one_subscription_per_loop() -> None:
+    # Back-to-back waits reuse the loop's one reader on the watcher (no
+    # add/remove on the loop's selector per wait), and several waits on one
+    # child make one subscription on the watcher, ended by the child's exit.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        added: list[int] = []
+        add_reader = loop.add_reader
+
+        def counting_add_reader(fd: Any, cb: Any, *args: Any) -> None:
+            added.append(fd)
+            add_reader(fd, cb, *args)
+
+        loop.add_reader = counting_add_reader  # type: ignore[method-assign]
+        for i in range(5):
+            assert await aio.wait(sh(f"sleep 0.02; exit {i}")) == i
+        p = polite()
+        try:
+            waits = [asyncio.ensure_future(aio.wait(p)) for _ in range(3)]
+            await asyncio.sleep(0.01)
+            c = fastreap.watch(p)
+            assert len(_watcher.current().callbacks[c]) == 1
+        finally:
+            p.kill()
+        assert await asyncio.wait_for(asyncio.gather(*waits), 30) == [-9, -9, -9]
+        assert added == [watcher_fd()]
+        assert c not in _watcher.current().callbacks
+        assert await no_watcher_reader(loop)
+
+    run(main())
+
+
+def test_wait_closed_loop_keeps_nothing() -> None:
+    # A loop closed while its watcher reader idles is not kept alive by it.
+    refs: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> None:
+        refs.append(weakref.ref(asyncio.get_running_loop()))
+        p = polite()
+        asyncio.get_running_loop().call_later(0.05, p.kill)
+        assert await asyncio.wait_for(aio.wait(p), 30) == -9
+
+    run(main())
+    gc.collect()
+    assert refs[0]() is None
+    assert len(aio._waits) == 0
+
+
+def test_wait_left_pending_on_a_closed_loop(caplog: pytest.LogCaptureFixture) -> None:
+    # A loop closed with a wait still pending: the child's later exit, reaped
+    # in the same thread, must not try to wake it (no error from the done
+    # callback), and the abandoned wait's cleanup must not raise either.
+    loop = asyncio.new_event_loop()
+    p = polite()
+    try:
+        task = loop.create_task(aio.wait(p))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done()
+        loop.close()
+    finally:
+        p.kill()
+    with caplog.at_level("ERROR", logger="fastreap"):
+        assert fastreap.watch(p).wait() == -9
+    assert not [r for r in caplog.records if r.name == "fastreap"]
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    del task
+    gc.collect()
+
+
+def test_wait_loops_in_threads_hear_each_others_reaps() -> None:
+    # Two loops in two threads wait on the same children: whichever loop's
+    # reader reaps one, the other hears of it (call_soon_threadsafe).
+    shared = [polite() for _ in range(3)]
+    got: dict[str, list[int]] = {}
+    started = threading.Barrier(3)
+
+    def runner(name: str) -> None:
+        async def main() -> None:
+            own = sh("sleep 0.05; exit 5")
+            waits = asyncio.gather(aio.wait(own), *(aio.wait(s) for s in shared))
+            await asyncio.sleep(0.01)
+            started.wait(30)
+            got[name] = await asyncio.wait_for(waits, 30)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=runner, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    try:
+        started.wait(30)
+    finally:
+        for s in shared:
+            s.kill()
+        for t in threads:
+            t.join(60)
+    assert got == {"a": [5, -9, -9, -9], "b": [5, -9, -9, -9]}
+    assert [s.returncode for s in shared] == [-9, -9, -9]
+
+
+def test_wait_beside_asyncio_subprocess_under_install() -> None:
+    # Under fastreap.install() an asyncio subprocess reads the watcher through
+    # the same loop reader as aio.wait: its end must not take the reader away
+    # from a wait still running (that wait would never hear its child).
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = polite()
+        try:
+            waiting = asyncio.ensure_future(aio.wait(p))
+            await asyncio.sleep(0.01)
+            sp = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 3")
+            assert await asyncio.wait_for(sp.wait(), 30) == 3
+            await asyncio.sleep(0.01)
+        finally:
+            p.kill()
+        assert await asyncio.wait_for(waiting, 30) == -9
+        assert await no_watcher_reader(loop)
+
+    fastreap.install()
+    try:
+        run(main())
+    finally:
+        fastreap.uninstall()
 
 
 def test_wait_bad_input() -> None:
@@ -244,7 +379,7 @@ def test_graceful_stop_mixed() -> None:
         assert sorted(c.pid for c in r.exited) == sorted(s.pid for s in soft)
         assert r.returncodes == {**{h.pid: -9 for h in hard}, **{s.pid: -15 for s in soft}}
         assert r.elapsed < 3 * 0.5 * 2  # one shared deadline
-        assert no_reader(asyncio.get_running_loop(), watcher_fd())
+        assert await no_watcher_reader(asyncio.get_running_loop())
 
     run(main())
 
@@ -291,7 +426,7 @@ def test_graceful_stop_cancel_kills_and_reaps() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert [h.returncode for h in hard] == [-9, -9, -9]  # reaped, no zombie
-        assert no_reader(loop, watcher_fd())
+        assert await no_watcher_reader(loop)
 
     run(main())
 

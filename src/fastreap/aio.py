@@ -3,10 +3,19 @@
 Everything runs on the running loop through ``loop.add_reader``; no thread is
 started. A stop flag's ``fileno()`` is readable while it is set; the watcher's
 poller (epoll or kqueue) is readable when a watched child may have exited, and
-reading it means ``poll_now()``: reap what is ready, without blocking. Several
-waiters on one descriptor share one reader (asyncio keeps a single callback
-per descriptor), and every waiter removes its part when it finishes or is
-cancelled, so no reader, descriptor or callback is left behind.
+reading it means ``poll_now()``: reap what is ready, without blocking.
+
+Each loop has one reader on the watcher's poller (``_Waits``), shared by all
+its waits and kept across back-to-back waits: it goes ``_IDLE`` seconds after
+the last wait on that loop ends (or with the loop). A batch of exits costs one
+wake-up and one ``poll_now``, which resolves the futures of exactly the
+children that finished (a dict child -> futures per loop; each child is
+subscribed on the watcher once per loop, and a finished child's subscription
+ends with it). A child reaped in another thread (a blocking waiter, another
+loop) is handed to the loop with ``call_soon_threadsafe``. Stop flags and
+graceful_stop's group descriptors share one reader per descriptor (``_Mux``).
+Every waiter removes its part when it finishes or is cancelled, so no reader,
+descriptor or callback is left behind.
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ import asyncio
 import signal as _signal
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any
 
 from . import _children, _core, _stop, _watcher
@@ -29,19 +39,28 @@ __all__ = ["graceful_stop", "wait", "wait_for_stop"]
 
 
 class _Mux:
-    """One asyncio reader per (loop, descriptor), fanned out to subscribers.
-    Kept only while something is subscribed (no reference to a finished loop)."""
+    """One asyncio reader per (loop, descriptor), shared by its subscribers:
+    the one callback itself while there is only one distinct callback (the
+    usual case: the watcher's ``poll_now``, which aio waits and asyncio
+    subprocesses under ``fastreap.install()`` share), a fan-out once there are
+    several. Holds its loop weakly (``_muxes`` is keyed weakly), so a loop
+    closed with a reader in place is not kept alive by it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop_ref: Callable[[], asyncio.AbstractEventLoop | None] = weakref.ref(loop)
         self.subs: dict[int, dict[Callable[[], Any], int]] = {}
 
     def add(self, fd: int, cb: Callable[[], Any]) -> None:
         subs = self.subs.get(fd)
         if subs is None:
-            self.loop.add_reader(fd, self._dispatch, fd)
-            subs = self.subs[fd] = {}
-        subs[cb] = subs.get(cb, 0) + 1
+            self._loop().add_reader(fd, cb)
+            self.subs[fd] = {cb: 1}
+        elif cb in subs:
+            subs[cb] += 1
+        else:
+            if len(subs) == 1:  # a second distinct callback: fan out from now on
+                self._loop().add_reader(fd, self._dispatch, fd)
+            subs[cb] = 1
 
     def remove(self, fd: int, cb: Callable[[], Any]) -> None:
         subs = self.subs.get(fd)
@@ -52,17 +71,23 @@ class _Mux:
             del subs[cb]
         if not subs:
             del self.subs[fd]
-            if not self.loop.is_closed():
-                self.loop.remove_reader(fd)
+            loop = self._loop()
+            if not loop.is_closed():
+                loop.remove_reader(fd)
             if not self.subs:
-                _muxes.pop(self.loop, None)
+                _muxes.pop(loop, None)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.loop_ref()
+        assert loop is not None  # called from the loop, or by a waiter on it
+        return loop
 
     def _dispatch(self, fd: int) -> None:
         for cb in list(self.subs.get(fd, ())):
             cb()
 
 
-_muxes: dict[asyncio.AbstractEventLoop, _Mux] = {}
+_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = weakref.WeakKeyDictionary()
 
 
 def _mux(loop: asyncio.AbstractEventLoop) -> _Mux:
@@ -84,6 +109,167 @@ def _in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
         fn(*args)
     elif not loop.is_closed():
         loop.call_soon_threadsafe(fn, *args)
+
+
+_IDLE = 0.05  # seconds a loop keeps its watcher reader after its last wait
+
+
+class _Waits:
+    """One loop's waits on children: one reader per watcher poller (while a
+    wait runs, and ``_IDLE`` seconds after), and the futures of each awaited
+    child, resolved by that child's one done callback. Holds its loop only
+    weakly (``_waits`` is keyed weakly by loop): a loop closed while its
+    reader idles takes reader and state with it."""
+
+    __slots__ = (
+        "futs",
+        "idle_since",
+        "loop_ref",
+        "on_finish",
+        "queue",
+        "queued",
+        "readers",
+        "thread",
+        "timing",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop_ref: Callable[[], asyncio.AbstractEventLoop | None] = weakref.ref(loop)
+        self.thread = threading.get_ident()
+        self.futs: dict[Child, list[asyncio.Future[None]]] = {}
+        self.readers: dict[_watcher.Watcher, list[int]] = {}  # watcher -> [its fd, waits using it]
+        self.timing = False  # an idle timer is armed (its handle is not kept: it holds the loop)
+        self.idle_since = 0.0
+        self.queue: deque[Child] = deque()  # finished in another thread, for the loop to resolve
+        self.queued = False
+        self.on_finish = self._finished  # the one done callback (same object to unsubscribe)
+
+    # -- the reader ------------------------------------------------------------
+
+    def acquire(self, loop: asyncio.AbstractEventLoop, w: _watcher.Watcher) -> None:
+        """One more wait on this loop uses w's reader (added if it has none)."""
+        r = self.readers.get(w)
+        if r is None:
+            fd = w.fileno()
+            _mux(loop).add(fd, w.poll_now)
+            self.readers[w] = [fd, 1]
+        else:
+            r[1] += 1
+
+    def release(self, loop: asyncio.AbstractEventLoop, w: _watcher.Watcher) -> None:
+        """A wait that used w's reader is over. The last one leaves the reader
+        for _IDLE seconds (a next wait then costs no epoll_ctl on the loop's
+        selector), or removes it at once if w is retired (fork, swap)."""
+        r = self.readers[w]
+        r[1] -= 1
+        if r[1]:
+            return
+        if w is not _watcher.current() or w.closed or loop.is_closed():
+            self._remove(loop, w)
+        else:
+            self.idle_since = loop.time()
+            if not self.timing:
+                self.timing = True
+                loop.call_later(_IDLE, self._idle, loop)
+
+    def _remove(self, loop: asyncio.AbstractEventLoop, w: _watcher.Watcher) -> None:
+        fd = self.readers.pop(w)[0]
+        m = _muxes.get(loop)
+        if m is not None:
+            m.remove(fd, w.poll_now)
+        if not self.readers and not self.futs:
+            _waits.pop(loop, None)
+
+    def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timing = False
+        left = self.idle_since + _IDLE - loop.time()
+        for w, r in list(self.readers.items()):
+            if r[1] == 0:
+                if left > _IDLE / 10:  # waits came and went meanwhile: idle for less than _IDLE
+                    self.timing = True
+                    loop.call_later(left, self._idle, loop)
+                    return
+                self._remove(loop, w)
+
+    # -- the children ----------------------------------------------------------
+
+    def _finished(self, c: Child) -> None:
+        """Done callback of every child awaited on this loop: in the reaping
+        thread, with the watcher lock held. In the loop's thread (its reader's
+        poll_now, or any other call there) its futures are resolved at once;
+        from another thread the loop is asked to resolve them. Nothing once
+        the loop is closed (a wait left pending when it was)."""
+        loop = self.loop_ref()
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self.thread:
+            self.resolve(c)
+            return
+        self.queue.append(c)  # before reading `queued`: see _drain
+        if not self.queued:
+            self.queued = True
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                pass  # closed meanwhile: nobody is left to wake
+
+    def _drain(self) -> None:
+        # `queued` is cleared first: a child queued after the loop below has
+        # found the queue empty sees it cleared and schedules another drain.
+        self.queued = False
+        q = self.queue
+        while q:
+            self.resolve(q.popleft())
+
+    def resolve(self, c: Child) -> None:
+        futs = self.futs.pop(c, None)
+        if futs:
+            for f in futs:
+                if not f.done():
+                    f.set_result(None)
+
+
+# loop -> its _Waits. Weak: a loop closed with an idle reader is not kept alive.
+_waits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waits] = weakref.WeakKeyDictionary()
+
+
+def _loop_waits(loop: asyncio.AbstractEventLoop) -> _Waits:
+    st = _waits.get(loop)
+    if st is None:
+        st = _waits[loop] = _Waits(loop)
+    else:
+        st.thread = threading.get_ident()  # a loop may be run from another thread later
+    return st
+
+
+async def _wait_child(c: Child) -> None:
+    """Until c has finished (reaped, by whichever thread, or lost)."""
+    loop = asyncio.get_running_loop()
+    st = _loop_waits(loop)
+    w = c._watcher  # the one that reaps it
+    st.acquire(loop, w)
+    try:
+        futs = st.futs.get(c)
+        if futs is None:
+            if not _watcher.Watcher.subscribe(c, st.on_finish):
+                return  # finished meanwhile
+            futs = st.futs[c] = []
+        fut: asyncio.Future[None] = loop.create_future()
+        futs.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                # Cancelled: take our future out; the last one on this loop
+                # ends the child's subscription (it stays watched).
+                cur = st.futs.get(c)
+                if cur is not None and fut in cur:
+                    cur.remove(fut)
+                    if not cur:
+                        del st.futs[c]
+                        _watcher.Watcher.unsubscribe(c, st.on_finish)
+    finally:
+        st.release(loop, w)
 
 
 async def wait_for_stop(flag: _core.StopFlag | None = None) -> _core.StopFlag:
@@ -126,7 +312,7 @@ async def _until(
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     w = _watcher.current()
-    mux = _mux(loop)
+    st = _loop_waits(loop)
 
     def check() -> None:
         if pred():
@@ -138,17 +324,17 @@ async def _until(
     subscribed = [c for c in children if w.subscribe(c, on_done)]
     added: list[tuple[int, Callable[[], Any]]] = []
     timer = None
+    reading = False
     try:
-        wfd = w.fileno()
-        mux.add(wfd, w.poll_now)
-        added.append((wfd, w.poll_now))
+        st.acquire(loop, w)
+        reading = True
         for fd, cb in extra:
 
             def on_readable(cb: Callable[[], Any] = cb) -> None:
                 cb()
                 check()
 
-            mux.add(fd, on_readable)
+            _mux(loop).add(fd, on_readable)
             added.append((fd, on_readable))
         if deadline.at is not None:
             timer = loop.call_later(deadline.remaining(), _resolve, fut)
@@ -158,7 +344,11 @@ async def _until(
         if timer is not None:
             timer.cancel()
         for fd, cb in reversed(added):
-            mux.remove(fd, cb)
+            m = _muxes.get(loop)
+            if m is not None:
+                m.remove(fd, cb)
+        if reading:
+            st.release(loop, w)
         for c in subscribed:
             w.unsubscribe(c, on_done)
 
@@ -173,8 +363,8 @@ async def wait(child: Target) -> int:
             "not a collection (use asyncio.gather, or fastreap.aio.graceful_stop)"
         )
     c = _children.as_children([child], "child")[0]
-    if c.returncode is None and not c.lost:
-        await _until(partial(_watcher.Watcher.done, c), [c])
+    if not c._done():
+        await _wait_child(c)
     if c.lost:
         raise ChildLostError(f"pid {c.pid} was reaped by someone else; its exit status is unknown")
     rc = c.returncode
