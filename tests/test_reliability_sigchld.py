@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -307,3 +308,56 @@ def test_reap_does_not_steal_from_live_popens_and_processes(backend: str) -> Non
         t.join()
     assert codes == [3] * 150
     assert squares == list(range(12, 0, -1))
+
+
+def test_reap_waits_for_a_popen_between_fork_and_pid(backend: str) -> None:
+    """13 bug 3, the last window: a Popen whose child has already exited but
+    whose ``self.pid`` is not yet set (its thread is still inside
+    ``_execute_child``, here held there for 50 ms) keeps its true code when
+    another thread calls ``reap()`` in that instant."""
+    import threading
+
+    import _posixsubprocess
+
+    import fastreap
+
+    if hasattr(subprocess, "_fork_exec"):
+        owner, name = subprocess, "_fork_exec"  # 3.11+
+    else:
+        owner, name = _posixsubprocess, "fork_exec"  # 3.10
+    real = getattr(owner, name)
+    window = threading.Event()
+
+    def held_fork_exec(*a: object) -> int:
+        pid: int = real(*a)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # a zombie now, pid not yet set
+        window.set()
+        time.sleep(0.05)  # hold the window open while reap() runs
+        return pid
+
+    reaped: list[fastreap.ExitStatus] = []
+    t = threading.Thread(target=lambda: (window.wait(30), reaped.extend(fastreap.reap())))
+    t.start()
+    setattr(owner, name, held_fork_exec)
+    try:
+        p = subprocess.Popen(["sh", "-c", "exit 3"])
+    finally:
+        setattr(owner, name, real)
+        window.set()
+        t.join()
+    assert p.wait(timeout=30) == 3
+    assert p.returncode == 3
+
+
+def test_reap_ignores_a_popen_whose_construction_failed(backend: str) -> None:
+    """A Popen that failed before forking (kept alive here by its traceback)
+    is not "being made": reap() does not wait for its pid."""
+    from fastreap import _children
+
+    try:
+        subprocess.Popen(["true"], env={"A": 1})  # type: ignore[dict-item]
+    except TypeError as e:
+        tb = e.__traceback__
+    making = _children._live_owners()[2]
+    assert making == []
+    del tb

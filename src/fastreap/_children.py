@@ -341,6 +341,7 @@ def reap() -> list[ExitStatus]:
     out: list[ExitStatus] = []
     owners: dict[int, Any] | None = None
     hold: set[int] | None = None
+    making: list[Any] = []
     waited: set[int] = set()
     while True:
         z = _core.peek_any()  # a zombie, left waitable
@@ -350,7 +351,7 @@ def reap() -> list[ExitStatus]:
             c = w.children.get(z)
         if c is None:
             if owners is None or z not in owners:
-                owners, hold = _live_owners()  # only when a zombie is neither watched nor known
+                owners, hold, making = _live_owners()  # only when a zombie is neither watched nor known
             target = owners.pop(z, None)
             if target is not None:
                 try:
@@ -369,12 +370,13 @@ def reap() -> list[ExitStatus]:
             continue
         if (owners is not None and z in owners) or (hold is not None and z in hold):
             break  # a child whose owner cannot take it here: leave it (to it, or the next call)
-        if hold is not None and -1 in hold and z not in waited:
-            # A Popen is being made (fork done, pid not yet set): give its
-            # thread a moment, then look again. (Objects copied from a parent
-            # mid-construction never finish: one such pause per zombie.)
+        if making and z not in waited:
+            # Some Popen is being made (fork done, pid not yet set): the
+            # zombie may be its child. Wait (bounded) until each of them has
+            # its pid, then look again. Objects copied from a parent
+            # mid-construction never finish: one bounded pause per zombie.
             waited.add(z)
-            time.sleep(0.002)
+            _await_pids(making, _MAKING_WAIT)
             owners = None
             continue
         with w.lock:
@@ -387,19 +389,42 @@ def reap() -> list[ExitStatus]:
     return out
 
 
-def _live_owners() -> tuple[dict[int, Any], set[int]]:
-    """pid -> the live Popen / multiprocessing Process that owns it, and the
-    pids never to steal though no owner can take them (a fork
-    ``multiprocessing`` Popen whose Process is not yet in ``_children``; -1:
-    some Popen is being made right now, between fork and ``self.pid``).
+def _await_pids(making: list[Any], limit: float) -> None:
+    """Sleep (up to ``limit`` seconds, in short steps) until every Popen in
+    ``making`` has its ``pid`` set, or has finished."""
+    deadline = time.monotonic() + limit
+    step = 0.0005
+    while any(not isinstance(getattr(o, "pid", None), int) for o in making):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(step, left))
+        step = min(step * 2, 0.01)
 
-    Found through ``multiprocessing.process._children`` (every started,
-    unjoined Process), ``subprocess._active`` (Popens dropped while running),
-    and a scan of the garbage collector's objects for ``Popen`` instances
-    (paid once per ``reap()`` call, only when a zombie is not watched). Not
-    protected: a Popen in the instant between fork and ``self.pid`` being set,
-    children made with ``os.fork``/``os.posix_spawn`` by other code, objects
-    the collector does not track."""
+
+# How long reap() lets a Popen that is being made (fork done, pid not yet set)
+# finish, before taking an unknown zombie: far longer than the microseconds it
+# needs, so that a loaded machine's scheduling delay does not lose its status.
+_MAKING_WAIT = 0.5
+# Where a Popen (subprocess's, or multiprocessing's fork/spawn ones) is
+# between "constructed" and "has its pid".
+_MAKING_FRAMES = frozenset(("__init__", "_execute_child", "_launch"))
+
+
+def _live_owners() -> tuple[dict[int, Any], set[int], list[Any]]:
+    """pid -> the live Popen / multiprocessing Process that owns it; the
+    pids never to steal though no owner can take them (a fork
+    ``multiprocessing`` Popen whose Process is not yet in ``_children``);
+    and the Popens being made right now (between fork and ``self.pid``).
+
+    Found through the threads' stacks (Popens being made),
+    ``multiprocessing.process._children`` (every started, unjoined Process),
+    ``subprocess._active`` (Popens dropped while running), and a scan of the
+    garbage collector's objects for ``Popen`` instances (paid once per
+    ``reap()`` call, only when a zombie is not watched). Not protected: a
+    Popen whose maker does not set its pid within ``_MAKING_WAIT``, children
+    made with ``os.fork``/``os.posix_spawn`` by other code, objects the
+    collector does not track."""
     import gc
     import multiprocessing.process as mpp
 
@@ -408,6 +433,23 @@ def _live_owners() -> tuple[dict[int, Any], set[int]]:
     mp_popen = getattr(sys.modules.get("multiprocessing.popen_fork"), "Popen", None)
     out: dict[int, Any] = {}
     hold: set[int] = set()
+    making: list[Any] = []
+    # First (so that a pid set meanwhile is seen by the scans below): the
+    # Popens a live thread is making right now (in __init__ or its launch,
+    # before ``self.pid``), found on the threads' stacks -- so a Popen whose
+    # construction failed (kept alive by a traceback), or one copied into a
+    # fork child mid-construction, never counts.
+    kinds = (_Popen,) if mp_popen is None else (_Popen, mp_popen)
+    me = sys._getframe()
+    for frame in sys._current_frames().values():
+        f: Any = frame
+        while f is not None and f is not me:
+            if f.f_code.co_name in _MAKING_FRAMES:
+                o = f.f_locals.get("self")
+                if isinstance(o, kinds) and not isinstance(getattr(o, "pid", None), int):
+                    making.append(o)
+                    break
+            f = f.f_back
     for p in list(getattr(mpp, "_children", ())):
         popen = getattr(p, "_popen", None)
         if popen is not None and popen.returncode is None and isinstance(p.pid, int):
@@ -417,18 +459,14 @@ def _live_owners() -> tuple[dict[int, Any], set[int]]:
             if o.returncode is None:
                 if isinstance(getattr(o, "pid", None), int):
                     out.setdefault(o.pid, o)
-                else:
-                    hold.add(-1)  # being made: its child may be the zombie
         elif mp_popen is not None and isinstance(o, mp_popen) and o.returncode is None:
             pid = getattr(o, "pid", None)
-            if not isinstance(pid, int):
-                hold.add(-1)
-            elif pid not in out:
+            if isinstance(pid, int) and pid not in out:
                 hold.add(pid)
     for o in list(getattr(subprocess, "_active", None) or ()):
         if isinstance(o, _Popen) and o.returncode is None and isinstance(o.pid, int):
             out.setdefault(o.pid, o)
-    return out, hold
+    return out, hold, making
 
 
 def set_subreaper(on: bool = True) -> None:
