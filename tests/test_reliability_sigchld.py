@@ -315,9 +315,8 @@ def test_reap_waits_for_a_popen_between_fork_and_pid(backend: str) -> None:
     whose ``self.pid`` is not yet set (its thread is still inside
     ``_execute_child``, here held there for 50 ms) keeps its true code when
     another thread calls ``reap()`` in that instant."""
-    import threading
-
     import _posixsubprocess
+    import threading
 
     import fastreap
 
@@ -340,6 +339,8 @@ def test_reap_waits_for_a_popen_between_fork_and_pid(backend: str) -> None:
     t.start()
     setattr(owner, name, held_fork_exec)
     try:
+        # "sh", not "/bin/sh": a bare name keeps Popen off its posix_spawn
+        # path (3.13+), so the child is made by fork_exec, held above.
         p = subprocess.Popen(["sh", "-c", "exit 3"])
     finally:
         setattr(owner, name, real)

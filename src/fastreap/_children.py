@@ -456,9 +456,8 @@ def _live_owners() -> tuple[dict[int, Any], set[int], list[Any]]:
             out[p.pid] = p
     for o in gc.get_objects():
         if isinstance(o, _Popen):
-            if o.returncode is None:
-                if isinstance(getattr(o, "pid", None), int):
-                    out.setdefault(o.pid, o)
+            if o.returncode is None and isinstance(getattr(o, "pid", None), int):
+                out.setdefault(o.pid, o)
         elif mp_popen is not None and isinstance(o, mp_popen) and o.returncode is None:
             pid = getattr(o, "pid", None)
             if isinstance(pid, int) and pid not in out:
