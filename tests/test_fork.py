@@ -18,9 +18,7 @@ PROGRAM = Path(__file__).parent / "programs" / "fork_lazy.py"
 
 
 def run(scenario: str) -> dict:
-    p = subprocess.run(
-        [sys.executable, str(PROGRAM), scenario], capture_output=True, text=True, timeout=120
-    )
+    p = subprocess.run([sys.executable, str(PROGRAM), scenario], capture_output=True, text=True, timeout=120)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     res = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
