@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROGRAM = Path(__file__).parent / "programs" / "fork_lazy.py"
 
 
@@ -46,3 +48,10 @@ def test_fork_rearms_the_one_stopped_latch() -> None:
 def test_grandchild_of_an_unused_child_has_its_own_state() -> None:
     r = run("grandchild")
     assert r == {"code": 43, "parent_set": False}
+
+
+@pytest.mark.linux_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lists /proc/self/fd")
+def test_signal_and_thread_race_to_renew_a_flag_descriptor() -> None:
+    r = run("refresh_race")
+    assert r == {"bad": [], "parent_fd": False, "parent_flag": False}

@@ -183,5 +183,50 @@ def grandchild() -> None:
     fastreap.restore_signals()
 
 
+def _fds() -> list[int]:
+    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+
+
+def refresh_race() -> None:
+    """In each of many fork children, a handled signal (the C handler) and
+    another thread's first flag call both try to give the flag its own
+    descriptor, in whichever order they come: one replaces it (nothing
+    leaks), the number stays, and the set flag's descriptor is readable; the
+    parent's never is. (The CAS on the stamp decides; the window where both
+    are inside at once is a few system calls, so this is a smoke test of
+    the protocol, not proof.)"""
+    import threading
+
+    import fastreap
+
+    flag = fastreap.handle_signals(signal.SIGUSR1, fastreap.StopFlag())
+    ffd = flag.fileno()
+    before = _fds()
+    rounds = int(os.environ.get("ROUNDS", "100"))
+
+    def child() -> int:
+        go = threading.Event()
+        got: list[int] = []
+
+        def touch() -> None:
+            go.wait()
+            got.append(flag.fileno())
+            flag.is_set()
+
+        t = threading.Thread(target=touch)
+        t.start()
+        go.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        t.join()
+        ok = got == [ffd] and flag.is_set() and flag.wait(0) and readable(ffd)
+        flag.clear()
+        ok = ok and not readable(ffd) and _fds() == before
+        return 44 if ok else 4
+
+    codes = [in_child(child) for _ in range(rounds)]
+    result(bad=[c for c in codes if c != 44], parent_fd=readable(ffd), parent_flag=flag.is_set())
+    fastreap.restore_signals()
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]]()
