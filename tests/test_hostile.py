@@ -145,10 +145,17 @@ def test_install_checks_signo_before_reading_tables() -> None:
 
 
 @linux_only
-def test_wake_reopen_failure_leaks_nothing(faultshim: str) -> None:
-    rc, res, out = run("reopen_fails", shim=faultshim)
+@pytest.mark.parametrize("fault", ["", "dup3=EMFILE", "eventfd=EMFILE"])
+def test_wake_reopen_in_fork_child(faultshim: str, fault: str) -> None:
+    """A fork child's first use replaces the wake-up descriptors it shares
+    with its parent (same numbers, new eventfds); if that fails, it keeps the
+    parent's and leaks nothing."""
+    rc, res, out = run("reopen_fails", fault, shim=faultshim)
     assert rc == 0, out
     assert res["after"] == res["before"], out
+    assert res["same"] and res["flag_ok"], out
+    if res["ids"]:  # the kernel names eventfds in fdinfo (Linux >= 5.18)
+        assert res["kept"] == ([False, False] if fault == "" else [True, True]), out
 
 
 # --------------------------------------------- 12.7, 12.8, 12.9: fallbacks

@@ -21,7 +21,6 @@ may change; docs/ARCHITECTURE.md maps them.
 
 import os as _os
 import sys as _sys
-from typing import TYPE_CHECKING
 
 if _sys.platform == "win32" or _os.name != "posix":
     raise ImportError("fastreap requires a POSIX system (Linux or macOS); Windows is not supported")
@@ -36,54 +35,69 @@ except ImportError as e:  # pragma: no cover - a broken install
         f"{e}. Install a wheel, or build from source with a C compiler: pip install ."
     ) from e
 
-from . import _fork  # noqa: F401  (the one at-fork hook, registered once everything is loaded)
-from ._children import (
-    ALL_EXITED,
-    FIRST_EXITED,
-    Child,
-    ChildLostError,
-    Counters,
-    ExitStatus,
-    ReturnWhen,
-    StopReport,
-    Target,
-    counters,
-    graceful_stop,
-    kill,
-    reap,
-    set_subreaper,
-    terminate,
-    wait,
-    watch,
-)
-from ._flags import (
-    StopFlag,
-    Stopped,
-    graceful,
-    handle_signals,
-    restore_signals,
-    stop_requested,
-)
+# `import fastreap` loads the compiled core and nothing else: every other
+# public name is loaded on first use (PEP 562, below). Whatever a program
+# imports, every later fork() of it pays for (a fork copies its page tables,
+# and each stdlib module with an at-fork hook, threading and logging among
+# them, runs Python code in every child): with everything imported eagerly,
+# fork + _exit + waitpid took 3.6x as long as without fastreap (2 cores,
+# 3.13). See _fork for what a fork child runs (nothing, until it uses us).
+from ._core import StopFlag, stop_requested
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from ._children import (
+        ALL_EXITED,
+        FIRST_EXITED,
+        Child,
+        Counters,
+        ReturnWhen,
+        StopReport,
+        Target,
+        counters,
+        graceful_stop,
+        kill,
+        reap,
+        set_subreaper,
+        terminate,
+        wait,
+        watch,
+    )
+    from ._flags import Stopped, graceful, handle_signals, restore_signals
     from ._install import install, uninstall
     from ._pool import Pool, ProcessPoolExecutor, WorkerDiedError
     from ._process import Process
     from ._spawn import run_all, spawn
+    from ._status import ChildLostError, ExitStatus
 
-# Loaded on first use (PEP 562): they pull in multiprocessing, asyncio and
-# concurrent.futures, whose import time and memory every later fork() of the
-# program would pay for (fork copies page tables: measured 634 -> 2,320 us per
-# fork+exit+waitpid with them imported eagerly, 2 cores, 3.13).
+# Public name -> the private module that defines it, imported on first access.
 _LAZY = {
-    "install": "_install",
-    "uninstall": "_install",
-    "Pool": "_pool",
-    "ProcessPoolExecutor": "_pool",
-    "WorkerDiedError": "_pool",
+    **dict.fromkeys(
+        (
+            "ALL_EXITED",
+            "FIRST_EXITED",
+            "Child",
+            "Counters",
+            "ReturnWhen",
+            "StopReport",
+            "Target",
+            "counters",
+            "graceful_stop",
+            "kill",
+            "reap",
+            "set_subreaper",
+            "terminate",
+            "wait",
+            "watch",
+        ),
+        "_children",
+    ),
+    **dict.fromkeys(("Stopped", "graceful", "handle_signals", "restore_signals"), "_flags"),
+    **dict.fromkeys(("ChildLostError", "ExitStatus"), "_status"),
+    **dict.fromkeys(("install", "uninstall"), "_install"),
+    **dict.fromkeys(("Pool", "ProcessPoolExecutor", "WorkerDiedError"), "_pool"),
     "Process": "_process",
-    "run_all": "_spawn",
-    "spawn": "_spawn",
+    **dict.fromkeys(("run_all", "spawn"), "_spawn"),
 }
 
 

@@ -44,7 +44,6 @@ All methods run with the watcher lock held.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal as _signal
 import time
@@ -68,8 +67,6 @@ _PERIOD_DEGRADED = 0.1
 # ... and asks after every child on it (a system call each) at most this often
 # (or 500 times the scan's own cost, so that it stays below ~0.2% of the time).
 _SCAN_EVERY = 1.0
-
-_log = logging.getLogger("fastreap")
 
 
 def sigchld_ignored() -> bool:
@@ -167,7 +164,9 @@ class SigchldBackend:
         elif not self.gone:
             self.gone = True
             self.replaced += 1
-            _log.warning(
+            import logging  # only here: its at-fork hook would run in every fork child
+
+            logging.getLogger("fastreap").warning(
                 "fastreap: its SIGCHLD handler was replaced (another library or signal.signal); "
                 "children on the SIGCHLD path are now found by periodic checks, up to %.1f s late",
                 _PERIOD_DEGRADED,

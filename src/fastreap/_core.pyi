@@ -54,7 +54,8 @@ _stop_flag_capsule: object
 def stop_requested() -> bool:
     """True once the process default stop flag is set (one atomic load)."""
 
-def _after_fork_in_child() -> None: ...
+def fork_generation() -> int:
+    """0 in the process that imported fastreap, one more in each fork child."""
 
 # ------------------------------------------------------ handler installation
 

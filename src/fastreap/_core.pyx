@@ -55,6 +55,14 @@ CLD_KILLED_ = CLD_KILLED
 CLD_DUMPED_ = CLD_DUMPED
 
 fr_set_interrupt_fn(PyErr_SetInterruptEx)
+if fr_fork_hook_install() < 0:  # the C at-fork child handler: one store per fork
+    raise OSError(errno, f"pthread_atfork: {_os.strerror(errno)}")
+
+
+def fork_generation():
+    """0 in the process that imported fastreap, one more in each fork child
+    (bumped by the C at-fork handler; see fastreap/_fork.py)."""
+    return fr_fork_generation()
 
 
 cdef inline int _raise_errno() except -1:
@@ -96,7 +104,6 @@ cdef bint _after_eintr() except -1:
 
 # ---------------------------------------------------------------- stop flags
 
-cdef object _all_flags = None  # WeakSet of private flags, for the fork hook
 cdef object _INTERNAL = object()  # the key of _internal: only this module makes those flags
 
 
@@ -127,6 +134,7 @@ shared) by any process that shares it. Checking it is one atomic load."""
             raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
         self._own.rfd = -1
         self._own.wfd = -1
+        self._own.stamp = 0
         self._memfd = -1
         self.fp = &self._own
         self._shared = shared
@@ -147,8 +155,7 @@ shared) by any process that shares it. Checking it is one atomic load."""
             self._own.mem = self._private
 
     def __init__(self, *, shared=False, _internal=None):
-        if not self._shared and not self._default:
-            _all_flags.add(self)
+        pass  # everything is done in __cinit__
 
     cdef _create_shared(self):
         cdef int rfd = -1, wfd = -1
@@ -175,6 +182,7 @@ shared) by any process that shares it. Checking it is one atomic load."""
             _raise_errno()
         self._shared = True
         self._memfd = memfd
+        fr_flag_mark_shared(&self._own)  # its descriptors are every sharer's, across fork too
         self._own.mem = <fr_flagmem *>p
         self._own.rfd = rfd
         self._own.wfd = wfd
@@ -196,39 +204,29 @@ shared) by any process that shares it. Checking it is one atomic load."""
             PyMem_RawFree(self._private)
 
     cdef int _ensure_fd(self) except -1:
+        """Give it descriptors (once), and in a fork child make inherited
+        ones its own (on the same numbers: fileno() stays valid)."""
         cdef int rfd, wfd
         if self.fp.rfd >= 0:
+            fr_flag_refresh(self.fp)
             return 0
         if fr_wakefd_open(&rfd, &wfd) < 0:
             _raise_errno()
         fr_flag_publish_fds(self.fp, rfd, wfd)
         return 0
 
-    cdef void _after_fork(self) noexcept:
-        """In a forked child: a private flag gets its own descriptor, on the
-        same numbers so fileno() stays valid."""
-        cdef int rfd, wfd
-        if self._shared or self.fp.rfd < 0:
-            return
-        if fr_wakefd_open(&rfd, &wfd) < 0:
-            return
-        _os.dup2(rfd, self.fp.rfd, inheritable=False)
-        if wfd != rfd:
-            _os.dup2(wfd, self.fp.wfd, inheritable=False)
-            close(wfd)
-        close(rfd)
-        fr_wakefd_drain(self.fp.rfd)
-        if fr_flag_is_set(self.fp):
-            fr_wakefd_poke(self.fp.wfd)
-
     cdef fr_flag *ptr(self):
         return self.fp
 
     def is_set(self):
         """True once the flag is set (one atomic load)."""
+        if fr_flag_is_stale(self.fp):  # a fork child's first look: fileno() becomes its own
+            fr_flag_refresh(self.fp)
         return fr_flag_is_set(self.fp) != 0
 
     def __bool__(self):
+        if fr_flag_is_stale(self.fp):
+            fr_flag_refresh(self.fp)
         return fr_flag_is_set(self.fp) != 0
 
     def set(self):
@@ -265,8 +263,8 @@ shared) by any process that shares it. Checking it is one atomic load."""
                     continue
                 _raise_errno()
             if r == 1 and not fr_flag_is_set(self.fp):
-                # Readable while clear: a racing clear(), or a poke that the
-                # other side of a fork made before it got its own descriptor.
+                # Readable while clear: a racing clear(), or a poke from the
+                # other side of a fork whose descriptor could not be replaced.
                 fr_wakefd_drain(rfd)
                 if fr_flag_is_set(self.fp):
                     fr_wakefd_poke(self.fp.wfd)
@@ -352,14 +350,13 @@ def _rebuild_shared_flag(memfd, rfd, wfd):
     return StopFlag(shared=True, _internal=(_INTERNAL, (m, r, w)))
 
 
-import weakref as _weakref
-_all_flags = _weakref.WeakSet()
-
 default_flag = StopFlag(_internal=(_INTERNAL, "default"))
 
 
 def stop_requested():
     """True once the process default stop flag is set (one atomic load)."""
+    if fr_flag_is_stale(&fr_default_flag):
+        fr_flag_refresh(&fr_default_flag)
     return fr_flag_is_set(&fr_default_flag) != 0
 
 
@@ -367,14 +364,6 @@ _stop_flag_capsule = PyCapsule_New(<void *>&fr_default_flag.mem.state, b"fastrea
 # PyCapsule_Import("fastreap._core._stop_flag") looks the capsule up by the
 # attribute path its name spells, so it must also live under that name.
 _stop_flag = _stop_flag_capsule
-
-
-def _after_fork_in_child():
-    """Give the child its own wake-up descriptors (registered with os.register_at_fork)."""
-    fr_global_wake_reopen()
-    (<StopFlag>default_flag)._after_fork()
-    for f in list(_all_flags):
-        (<StopFlag>f)._after_fork()
 
 
 # ------------------------------------------------------ handler installation
@@ -443,16 +432,15 @@ def last_signal():
 
 
 def global_wake_fd():
-    """The descriptor every handled signal pokes (opened on first use)."""
+    """The descriptor every handled signal pokes (opened on first use; in a
+    fork child, made the child's own on first use)."""
     if fr_global_wake_open() < 0:
         _raise_errno()
     return fr_global_wake_rfd()
 
 
 def global_wake_drain():
-    cdef int fd = fr_global_wake_rfd()
-    if fd >= 0:
-        fr_wakefd_drain(fd)
+    fr_global_wake_drain()
 
 
 def chld_drain():

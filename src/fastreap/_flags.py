@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core
+from . import _core, _fork
 from ._args import check_bool, check_flag, check_handled
 from ._core import StopFlag, stop_requested
 
@@ -67,7 +67,7 @@ class _Record:
     py_prev: Any = None
 
 
-_lock = threading.RLock()
+_books = _fork.PerProcess(threading.RLock)  # the lock over the books below, per process
 _installed: dict[int, _Record] = {}
 # Signals whose handler fastreap's watcher needs (SIGCHLD on its SIGCHLD
 # path): restore_signals puts back the user's part only (flags, exit mode,
@@ -77,7 +77,7 @@ _kept: set[int] = set()
 
 def keep(signo: int) -> None:
     """The watcher installed fastreap's handler for signo and needs it kept."""
-    with _lock:
+    with _books.get():
         _kept.add(signo)
 
 
@@ -93,20 +93,22 @@ def default_flag() -> StopFlag:
 # exit), only set the flag and count: a second SIGTERM must not abort the
 # cleanup the first one started (Ctrl-C's KeyboardInterrupt would). The latch
 # is re-armed by every handle_signals(..., exit=True) call, and in a forked
-# child. To force a stuck cleanup, a supervisor escalates to SIGKILL.
-_raised = False
+# child: it holds the fork generation it was spent in (None: armed).
+# To force a stuck cleanup, a supervisor escalates to SIGKILL.
+_raised_in: int | None = None
 # The deferred raise, while one is pending (see _defer): frame, tool id, signal.
 _deferred: tuple[Any, int, int] | None = None
 _MONITORING_NAME = "fastreap"
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
-    global _raised
+    global _raised_in
     if _deferred is not None:  # a deferred raise that never happened: raise now
         raise Stopped(_cancel_deferred())
-    if _raised:
+    gen = _fork.generation()
+    if _raised_in == gen:
         return
-    _raised = True
+    _raised_in = gen
     if frame is not None and _defer(signum, frame):
         return
     raise Stopped(signum)
@@ -235,10 +237,10 @@ def handle_signals(
         # Python runs exception-raising handlers only in the main thread and
         # lets only the main thread set them (signal.signal).
         raise ValueError("exit=True must be asked for from the main thread; other threads may use exit=False")
-    global _raised
-    with _lock:
+    global _raised_in
+    with _books.get():
         if exit:
-            _raised = False  # re-arm: the next handled signal raises Stopped again
+            _raised_in = None  # re-arm: the next handled signal raises Stopped again
         # What this call changed, so a failure half-way (a full binding table,
         # a refused sigaction) undoes it and leaves every signal as it was.
         done: list[list[Any]] = []  # [signal, record, new, bound, upgraded]
@@ -323,7 +325,7 @@ def _undo(s: int, rec: _Record) -> None:
 
 def restore_signals(signals: Iterable[int] | int | None = None) -> None:
     """Put back exactly the dispositions fastreap replaced (all, or those named)."""
-    with _lock:
+    with _books.get():
         sigs = list(_installed) if signals is None else [s for s in check_handled(signals) if s in _installed]
         if not _is_main_thread() and any(_installed[s].py_changed for s in sigs):
             raise ValueError("these signals were handled with exit=True; restore them from the main thread")
@@ -338,7 +340,7 @@ def graceful(signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = Fal
     restore, on the way out, those that were not handled before it."""
     sigs = check_handled(signals)
     check_bool(exit, "exit")
-    with _lock:
+    with _books.get():
         before = set(_installed)
     flag = handle_signals(sigs, exit=exit)
     try:
@@ -350,10 +352,3 @@ def graceful(signals: Iterable[int] | int = DEFAULT_SIGNALS, *, exit: bool = Fal
 def handled_signals() -> dict[int, int]:
     """Signal number -> how many times fastreap's handler has run for it."""
     return {s: _core.signal_count(s) for s in range(1, _core.NSIG) if _core.signal_count(s)}
-
-
-def after_fork_in_child() -> None:
-    """A fresh books lock in the child (called by ``_fork``, after ``_core``'s)."""
-    global _lock, _raised
-    _lock = threading.RLock()
-    _raised = False  # a new process: its first handled signal raises Stopped

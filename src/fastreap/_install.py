@@ -46,12 +46,12 @@ import threading
 from asyncio import unix_events
 from typing import Any
 
-from . import _watcher, aio
+from . import _fork, _watcher, aio
 from ._children import Child, ChildLostError, watch
 
 __all__ = ["install", "installed", "uninstall"]
 
-_lock = threading.Lock()
+_lock = _fork.PerProcess(threading.Lock)  # a fork child makes its own on first use
 _installed = False
 _MISSING = object()
 _saved: dict[tuple[type, str], Any] = {}
@@ -284,7 +284,7 @@ def install() -> None:
     Children started before are left alone. Idempotent and thread-safe;
     undone by ``uninstall()``."""
     global _installed
-    with _lock:
+    with _lock.get():
         if _installed:
             return
         for cls, name, _fn in _PATCHES:
@@ -299,7 +299,7 @@ def uninstall() -> None:
     not installed). Children started meanwhile stay watched, and their
     Popen/Process objects keep working through the stdlib code."""
     global _installed
-    with _lock:
+    with _lock.get():
         if not _installed:
             return
         for cls, name, _fn in _PATCHES:

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import _core, _status
+from . import _core, _fork, _status
 from ._backend_kqueue import KqueueBackend
 from ._backend_pidfd import PidfdBackend
 from ._backend_sigchld import CHECK, SigchldBackend
@@ -43,8 +42,6 @@ from ._status import ExitStatus
 
 if TYPE_CHECKING:
     from ._children import Child
-
-_log = logging.getLogger("fastreap")
 
 WAKE = -1  # poller token of the global wake-up descriptor
 
@@ -63,10 +60,11 @@ class Watcher:
     """The process-wide registry of watched children (see the module docstring)."""
 
     def __init__(self, use_pidfd: bool | None = None) -> None:
+        self.gen = _fork.generation()  # the process it belongs to (see closed)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.leading = False
-        self.closed = False
+        self._closed = False
         self.pfd = -1
         self.children: dict[int, Child] = {}
         self.pidfd_of: dict[int, int] = {}  # pid -> pidfd (polled, or signal-only for fork-server children)
@@ -82,6 +80,11 @@ class Watcher:
         self.pidfd = PidfdBackend(self, enabled)
         self.sigchld = SigchldBackend(self)
         self.kqueue = KqueueBackend(self) if _core.IS_APPLE else None
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or a parent's (we are a fork child of the process that made it)."""
+        return self._closed or self.gen != _fork.generation()
 
     @property
     def backend(self) -> str:
@@ -203,7 +206,12 @@ class Watcher:
                 except Exception:
                     # Like concurrent.futures: one failing callback must not
                     # stop the others, nor surface in an unrelated waiter.
-                    _log.exception("fastreap: done callback %r for %r raised", cb, child)
+                    # (logging only here: its at-fork hook would run in every fork child)
+                    import logging
+
+                    logging.getLogger("fastreap").exception(
+                        "fastreap: done callback %r for %r raised", cb, child
+                    )
 
     # -- reaping and signalling (lock held) ---------------------------------
 
@@ -509,7 +517,7 @@ class Watcher:
         child: closing our copies of the parent's pidfds and epoll leaves the
         parent's registrations intact. Also used to retire a watcher that a
         test or benchmark swapped in (with its children all finished)."""
-        self.closed = True
+        self._closed = True
         fds = [self.pfd, *self.pidfd.deferred]
         self.pfd = -1
         self.pidfd.deferred.clear()
@@ -547,16 +555,16 @@ def _prepared(w: Watcher) -> Watcher:
 
 
 _current = _prepared(Watcher())
-
-
-_forked = False  # set in a fork child; the fresh watcher is made on first use
+_rebuild_lock = _fork.PerProcess(threading.Lock)
 
 
 def current() -> Watcher:
-    """The process-wide watcher (a fresh one after fork, or a swapped one)."""
-    if _forked:
-        _after_fork_rebuild()
-    return _current
+    """The process-wide watcher (a swapped one, or in a fork child its own,
+    made on first use)."""
+    w = _current
+    if w.gen != _fork.generation():
+        return _after_fork_rebuild()
+    return w
 
 
 def _successor(old: Watcher, use_pidfd: bool | None = None) -> Watcher:
@@ -583,27 +591,16 @@ def swapped(use_pidfd: bool | None = None) -> Iterator[Watcher]:
         old.sigchld.installed = new.sigchld.installed
 
 
-def after_fork_in_child() -> None:
-    """In the fork child: refuse the parent's watcher at once (two writes:
-    this runs in every fork child and touches as few pages as it can); the
-    fresh watcher is made, and the parent's descriptors closed, on first use
-    (``current``)."""
-    global _forked, _rebuild_lock
-    _current.closed = True
-    _forked = True
-    _rebuild_lock = threading.Lock()  # a fork during a rebuild must not leave it held
-
-
-def _after_fork_rebuild() -> None:
-    """The child gets a fresh watcher; the parent's (and its descriptors) are closed."""
-    global _current, _forked
-    with _rebuild_lock:
-        if not _forked:
-            return
+def _after_fork_rebuild() -> Watcher:
+    """In a fork child, on first use: a fresh watcher; the parent's one (and
+    our copies of its descriptors) are closed. Nothing of this runs at fork
+    time (see _fork)."""
+    global _current
+    with _rebuild_lock.get():
         old = _current
-        _current = _successor(old)  # first: whatever happens below, the child has a working watcher
-        _forked = False
+        if old.gen == _fork.generation():
+            return old  # another thread of this child made it meanwhile
+        new = _successor(old)  # first: whatever happens below, the child has a working watcher
+        _current = new
         old.close()
-
-
-_rebuild_lock = threading.Lock()
+        return new

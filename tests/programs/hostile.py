@@ -77,14 +77,44 @@ def _fds() -> list[int]:
     return sorted(int(n) for n in os.listdir("/proc/self/fd"))
 
 
-def reopen_fails() -> None:
-    """fr_global_wake_reopen with dup3 failing (set through the shim): no leak."""
-    _core.global_wake_fd()
+def _eventfd_id(fd: int) -> int | None:
+    """The kernel's id of the eventfd behind fd (Linux >= 5.18 shows it), or None."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("eventfd-id:"):
+                return int(line.split()[1])
+    return None
+
+
+def reopen_fails(fault: str = "") -> None:
+    """In a fork child, making the inherited wake-up descriptors (the global
+    one, a private flag's) its own, with dup3 or eventfd failing if the shim
+    is told so: nothing leaks, both keep working (on the parent's eventfds
+    after a failure), and without a fault they are new eventfds."""
+    gw = _core.global_wake_fd()
+    flag = fastreap.StopFlag()
+    ffd = flag.fileno()
     before = _fds()
-    os.environ["FASTREAP_FAULT"] = "dup3=EMFILE"
-    _core._after_fork_in_child()
-    del os.environ["FASTREAP_FAULT"]
-    result(before=before, after=_fds())
+    ids = [_eventfd_id(gw), _eventfd_id(ffd)]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked child
+        code = 1
+        try:
+            os.environ["FASTREAP_FAULT"] = fault
+            same = _core.global_wake_fd() == gw  # its first use here
+            flag.set()
+            ok = flag.wait(0) and flag.is_set() and flag.fileno() == ffd
+            flag.clear()
+            ok = ok and not flag.is_set()
+            after = _fds()
+            del os.environ["FASTREAP_FAULT"]
+            kept = [a == b for a, b in zip(ids, [_eventfd_id(gw), _eventfd_id(ffd)], strict=True)]
+            result(before=before, after=after, same=same, flag_ok=ok, kept=kept, ids=ids[0] is not None)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def wait_one(script: str = "exit 7") -> None:

@@ -9,10 +9,14 @@
  *   R3  no allocation, no stdio, no Python object, no Python API except
  *       PyErr_SetInterruptEx (documented async-signal-safe), reached through a
  *       function pointer so this file needs no Python.h;
- *   R4  the only system calls are write(2) on descriptors we own and the
- *       previous handler we chain to (the caller's responsibility).
+ *   R4  the only system calls are write(2) on descriptors we own, the
+ *       replacement of descriptors inherited across fork (fr_refresh_pair:
+ *       eventfd or pipe, fcntl, dup3 or dup2, close, all async-signal-safe)
+ *       and the previous handler we chain to (the caller's responsibility).
  * Code that is *not* called from the handler (install, bind, drain) runs with
  * the GIL held in the Python thread that asks for it; it may use any call.
+ * fr_atfork_child runs in the child of every fork(), before Python does: it
+ * follows the same rules and does one store.
  */
 #define _GNU_SOURCE 1
 #include "handler.h"
@@ -20,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <string.h>
 #include <unistd.h>
@@ -33,7 +38,7 @@
 #define STORE_RELAXED(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
 static fr_flagmem fr_default_mem;
-fr_flag fr_default_flag = {&fr_default_mem, -1, -1};
+fr_flag fr_default_flag = {&fr_default_mem, -1, -1, 0};
 
 /* Per-signal state. Slots hold pointers owned by the Python layer, which keeps
  * each bound flag alive until it is unbound and fr_quiesce() has returned. */
@@ -50,6 +55,9 @@ static int fr_last_signo_v;
 static int fr_last_sender_v;
 static int fr_inflight;
 static int fr_gw_r = -1, fr_gw_w = -1;
+static uint32_t fr_gw_stamp;
+static uint32_t fr_fork_gen; /* 0 in the process that loaded us, +1 per fork */
+static int fr_fork_hook_state;
 
 /* SIGCHLD senders, a multi-producer ring read by one consumer under a lock. */
 static int fr_ring[FASTREAP_RING];
@@ -104,7 +112,119 @@ void fr_wakefd_drain(int rfd) {
     } while (r > 0 || (r < 0 && errno == EINTR));
 }
 
+/* ---- fork generations -------------------------------------------------- */
+
+/* In the child of every fork(), only the forking thread runs. One store: the
+ * child touches as little memory as it can (each page it writes is copied),
+ * and whatever it needs of fastreap is renewed when it first uses it. */
+static void fr_atfork_child(void) { STORE(&fr_fork_gen, LOAD_RELAXED(&fr_fork_gen) + 1); }
+
+/* Registered once per process (a compare-and-swap, not pthread_once: the
+ * wheels may need no glibc symbol newer than manylinux_2_28's). */
+int fr_fork_hook_install(void) {
+    int expected = 0;
+    if (!__atomic_compare_exchange_n(&fr_fork_hook_state, &expected, 1, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST))
+        return 0;
+    int e = pthread_atfork(NULL, NULL, fr_atfork_child);
+    if (e != 0) {
+        STORE(&fr_fork_hook_state, 0);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+uint32_t fr_fork_generation(void) { return LOAD(&fr_fork_gen); }
+
+/* Move a new wake-up pair onto the numbers of *rfdp / *wfdp (R4: eventfd or
+ * pipe, fcntl, dup3/dup2, close). On failure the old numbers stay (the
+ * parent's: spurious wake-ups) and nothing leaks; 0 or -1. */
+static int fr_reopen_pair(int *rfdp, int *wfdp) {
+    int r, w, oldr = LOAD(rfdp), oldw = LOAD(wfdp);
+    if (fr_wakefd_open(&r, &w) < 0) return -1;
+#if FASTREAP_LINUX
+    (void)oldw; /* one eventfd: oldw == oldr */
+    (void)w;
+    int ok = dup3(r, oldr, O_CLOEXEC) >= 0;
+    close(r);
+    return ok ? 0 : -1;
+#else
+    if (dup2(r, oldr) < 0) {
+        close(r);
+        close(w);
+        return -1;
+    }
+    close(r);
+    int ok = fcntl(oldr, F_SETFD, FD_CLOEXEC) >= 0;
+    if (dup2(w, oldw) >= 0) {
+        close(w);
+        ok = fcntl(oldw, F_SETFD, FD_CLOEXEC) >= 0 && ok;
+    } else {
+        /* Keep the new pipe's write end under its own number: the pair stays
+         * one pipe; the old number is the parent's and stays open. */
+        STORE(wfdp, w);
+        ok = 0;
+    }
+    return ok ? 0 : -1;
+#endif
+}
+
+/* Make a pair this process's if it was opened in an earlier generation (see
+ * handler.h). *stamp: generation * 2 when it is, + 1 while some caller of
+ * this process replaces it; a stamp of another generation (busy or not) is
+ * stale and claimed with a compare-and-swap, so exactly one caller replaces
+ * it. Returns 1 if it was this process's already, 2 if this call replaced it,
+ * 0 if another caller is replacing it right now (never waits: the handler
+ * may have interrupted that very caller). R1 for the caller's errno. */
+static int fr_refresh_pair(int *rfdp, int *wfdp, uint32_t *stamp) {
+    uint32_t fresh = LOAD(&fr_fork_gen) * 2;
+    uint32_t s = LOAD(stamp);
+    for (;;) {
+        if (s == fresh || s == FASTREAP_STAMP_SHARED) return 1;
+        if (s == fresh + 1) return 0;
+        if (__atomic_compare_exchange_n(stamp, &s, fresh + 1, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST))
+            break;
+    }
+    int saved_errno = errno;
+    (void)fr_reopen_pair(rfdp, wfdp);
+    errno = saved_errno;
+    STORE(stamp, fresh);
+    return 2;
+}
+
+/* The global wake-up pair in a fork child: replaced on first touch, then
+ * poked once (a handler may have skipped it while it was busy; a spurious
+ * wake-up costs the watcher one empty pass). R2 + R4: from the handler too. */
+static int fr_gw_refresh_try(void) {
+    if (LOAD(&fr_gw_r) < 0) return 1;
+    int r = fr_refresh_pair(&fr_gw_r, &fr_gw_w, &fr_gw_stamp);
+    if (r == 2) fr_wakefd_poke(LOAD(&fr_gw_w));
+    return r != 0;
+}
+
+static void fr_gw_refresh(void) {
+    while (!fr_gw_refresh_try()) sched_yield();
+}
+
 /* ---- flags ------------------------------------------------------------- */
+
+/* R2 + R4: called from the handler (through fr_flag_set). After replacing
+ * the descriptor, re-arm it if the flag is set: a setter that found the
+ * stamp busy skipped its write and relies on this check (both sides use
+ * sequentially consistent atomics: one of them sees the other). */
+int fr_flag_refresh_try(fr_flag *f) {
+    if (LOAD(&f->rfd) < 0) return 1;
+    int r = fr_refresh_pair(&f->rfd, &f->wfd, &f->stamp);
+    if (r == 2 && LOAD(&f->mem->state)) fr_wakefd_poke(LOAD(&f->wfd));
+    return r != 0;
+}
+
+/* Not from the handler: waits (yielding) while another thread replaces it. */
+void fr_flag_refresh(fr_flag *f) {
+    while (!fr_flag_refresh_try(f)) sched_yield();
+}
 
 /* R2 + R4: called from the handler. Last setter's signal and sender win; only
  * the clear -> set transition writes the descriptor, which stays readable
@@ -114,8 +234,8 @@ int fr_flag_set(fr_flag *f, int signo, int sender) {
     STORE_RELAXED(&m->sender, sender);
     STORE_RELAXED(&m->signo, signo);
     if (__atomic_exchange_n(&m->state, 1, __ATOMIC_SEQ_CST) == 0) {
-        int wfd = LOAD(&f->wfd);
-        if (wfd >= 0) fr_wakefd_poke(wfd);
+        /* In a fork child, never the parent's descriptor: make it ours first. */
+        if (LOAD(&f->wfd) >= 0 && fr_flag_refresh_try(f)) fr_wakefd_poke(LOAD(&f->wfd));
     }
     return 0;
 }
@@ -128,6 +248,7 @@ int fr_flag_set(fr_flag *f, int signo, int sender) {
  * the stores, leaving a set flag with no signal. */
 int fr_flag_clear(fr_flag *f) {
     fr_flagmem *m = f->mem;
+    fr_flag_refresh(f); /* never drain a parent's descriptor */
     if (__atomic_exchange_n(&m->state, 0, __ATOMIC_SEQ_CST) != 0) {
         int rfd = LOAD(&f->rfd);
         if (rfd >= 0) {
@@ -142,10 +263,13 @@ int fr_flag_clear(fr_flag *f) {
  * the flag after the store sees the descriptor and writes it; one that set it
  * before is caught by the check. */
 void fr_flag_publish_fds(fr_flag *f, int rfd, int wfd) {
+    STORE(&f->stamp, LOAD(&fr_fork_gen) * 2);
     STORE(&f->wfd, wfd);
     STORE(&f->rfd, rfd);
     if (LOAD(&f->mem->state)) fr_wakefd_poke(wfd);
 }
+
+void fr_flag_mark_shared(fr_flag *f) { STORE(&f->stamp, FASTREAP_STAMP_SHARED); }
 
 /* Seal a shared flag's memfd against resizing: a holder that could shrink
  * it would kill every sharer with SIGBUS (inside the signal handler too).
@@ -221,8 +345,7 @@ static void fr_handler(int signo, siginfo_t *info, void *ctx) {
             fr_flag *f = LOAD(&fr_bound[signo][i]);
             if (f) fr_flag_set(f, signo, sender);
         }
-        int gw = LOAD(&fr_gw_w);
-        if (gw >= 0) fr_wakefd_poke(gw); /* R4 */
+        if (LOAD(&fr_gw_w) >= 0 && fr_gw_refresh_try()) fr_wakefd_poke(LOAD(&fr_gw_w)); /* R4 */
         int (*interrupt)(int) = LOAD(&fr_interrupt_fn);
         if (LOAD(&fr_exit_mode[signo]) && interrupt) interrupt(signo); /* R3 */
         switch (LOAD(&fr_chain_kind[signo])) {
@@ -350,49 +473,21 @@ int fr_global_wake_rfd(void) { return LOAD(&fr_gw_r); }
 
 int fr_global_wake_open(void) {
     int r, w;
-    if (LOAD(&fr_gw_r) >= 0) return 0;
+    if (LOAD(&fr_gw_r) >= 0) {
+        fr_gw_refresh();
+        return 0;
+    }
     if (fr_wakefd_open(&r, &w) < 0) return -1;
-    STORE(&fr_gw_r, r);
+    STORE(&fr_gw_stamp, LOAD(&fr_fork_gen) * 2);
     STORE(&fr_gw_w, w);
+    STORE(&fr_gw_r, r);
     return 0;
 }
 
-/* In a forked child the descriptor is shared with the parent: make a new one
- * and move it onto the same numbers so nobody holds a stale number. On
- * failure the old numbers stay (shared with the parent: spurious wake-ups,
- * nothing lost) and nothing leaks. */
-int fr_global_wake_reopen(void) {
-    int r, w, oldr = LOAD(&fr_gw_r), oldw = LOAD(&fr_gw_w);
-    if (oldr < 0) return 0;
-    if (fr_wakefd_open(&r, &w) < 0) return -1;
-#if FASTREAP_LINUX
-    (void)oldw; /* one eventfd: oldw == oldr */
-    int ok = dup3(r, oldr, O_CLOEXEC) >= 0;
-    int e = errno;
-    close(r);
-    errno = e;
-    return ok ? 0 : -1;
-#else
-    if (dup2(r, oldr) < 0) {
-        int e = errno;
-        close(r);
-        close(w);
-        errno = e;
-        return -1;
-    }
-    close(r);
-    int ok = fcntl(oldr, F_SETFD, FD_CLOEXEC) >= 0;
-    if (dup2(w, oldw) >= 0) {
-        close(w);
-        ok = fcntl(oldw, F_SETFD, FD_CLOEXEC) >= 0 && ok;
-    } else {
-        /* Keep the new pipe's write end under its own number: the pair stays
-         * one pipe; the old number is the parent's and stays open. */
-        STORE(&fr_gw_w, w);
-        ok = 0;
-    }
-    return ok ? 0 : -1;
-#endif
+void fr_global_wake_drain(void) {
+    if (LOAD(&fr_gw_r) < 0) return;
+    fr_gw_refresh(); /* never drain a parent's descriptor */
+    fr_wakefd_drain(LOAD(&fr_gw_r));
 }
 
 /* ---- SIGCHLD ring ------------------------------------------------------ */

@@ -23,12 +23,45 @@ typedef struct fr_flagmem {
 
 /* One process's view of a flag: its memory and its wake-up descriptors.
  * `rfd` is readable while the flag is set; `wfd` is where setters write
- * (the same eventfd on Linux, the two ends of a pipe elsewhere). */
+ * (the same eventfd on Linux, the two ends of a pipe elsewhere). `stamp`
+ * says whose descriptors they are (see "fork generations" below):
+ * fork generation * 2 when this process's, + 1 while being replaced, or
+ * FASTREAP_STAMP_SHARED for a shared flag (its descriptors are everyone's). */
 typedef struct fr_flag {
     fr_flagmem *mem;
     int rfd;
     int wfd;
+    uint32_t stamp;
 } fr_flag;
+
+#define FASTREAP_STAMP_SHARED UINT32_MAX
+
+/* ---- fork generations ----------------------------------------------------
+ * A pthread_atfork child handler (registered once, by fr_fork_hook_install)
+ * bumps the generation in the child of every fork(): one store, nothing else
+ * runs there. Descriptors inherited from the parent (a private flag's, the
+ * global wake-up one) carry the generation they were opened in; whoever
+ * first touches them in a later generation (the handler, a StopFlag method,
+ * the watcher) moves a new eventfd onto the same numbers (fr_flag_refresh),
+ * so a number handed out before the fork stays valid and is this process's
+ * own from then on. The Python layer compares the generation the same way
+ * for its locks and the watcher (fastreap/_fork.py). */
+int fr_fork_hook_install(void); /* idempotent; 0, or -1 with errno */
+uint32_t fr_fork_generation(void);
+/* Make f's descriptors this process's if they are a parent's (async-signal-
+ * safe: eventfd/pipe, dup3/dup2, fcntl, close), re-armed if the flag is set.
+ * 1 when they are this process's (or shared) on return; 0 when another
+ * caller in this process is replacing them right now (it re-arms them once
+ * done). A failed replacement keeps the parent's (spurious wake-ups only). */
+int fr_flag_refresh_try(fr_flag *f);
+/* The same, not from the handler: waits (yielding) while another thread of
+ * this process replaces them. */
+void fr_flag_refresh(fr_flag *f);
+static inline int fr_flag_is_stale(const fr_flag *f) {
+    uint32_t s = __atomic_load_n(&f->stamp, __ATOMIC_RELAXED);
+    return s != FASTREAP_STAMP_SHARED && __atomic_load_n(&f->rfd, __ATOMIC_RELAXED) >= 0 &&
+           s != fr_fork_generation() * 2;
+}
 
 /* Flag operations; fr_flag_set is async-signal-safe. */
 int fr_flag_set(fr_flag *f, int signo, int sender);
@@ -44,6 +77,8 @@ static inline int fr_flag_sender(const fr_flag *f) {
 }
 /* Give a flag its descriptors (once), then re-arm if it is already set. */
 void fr_flag_publish_fds(fr_flag *f, int rfd, int wfd);
+/* Mark a shared flag's descriptors as everyone's (before it is bound). */
+void fr_flag_mark_shared(fr_flag *f);
 /* Make a wake-up descriptor pair (eventfd or pipe), non-blocking, close-on-exec. */
 int fr_wakefd_open(int *rfd, int *wfd);
 /* Empty a wake-up descriptor. */
@@ -88,10 +123,12 @@ uint64_t fr_count(int signo);
 int fr_last_signo(void);
 int fr_last_sender(void);
 
-/* The global wake-up descriptor: poked on every handled signal. */
-int fr_global_wake_rfd(void);
-int fr_global_wake_open(void);   /* idempotent */
-int fr_global_wake_reopen(void); /* after fork, in the child */
+/* The global wake-up descriptor: poked on every handled signal. Opened on
+ * first use; in a fork child, replaced on first use (poked once then, in
+ * case a handler skipped it meanwhile). */
+int fr_global_wake_rfd(void);  /* -1 before fr_global_wake_open */
+int fr_global_wake_open(void); /* idempotent; refreshes after fork; 0 or -1 */
+void fr_global_wake_drain(void);
 
 /* SIGCHLD senders: copy up to max pids out; *lost set when the ring overflowed. */
 int fr_chld_drain(int *out, int max, int *lost);

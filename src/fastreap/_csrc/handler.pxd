@@ -15,6 +15,13 @@ cdef extern from "handler.h" nogil:
         fr_flagmem *mem
         int rfd
         int wfd
+        uint32_t stamp
+
+    int fr_fork_hook_install()
+    uint32_t fr_fork_generation()
+    int fr_flag_refresh_try(fr_flag *f)
+    void fr_flag_refresh(fr_flag *f)
+    int fr_flag_is_stale(const fr_flag *f)
 
     int fr_flag_set(fr_flag *f, int signo, int sender)
     int fr_flag_clear(fr_flag *f)
@@ -22,6 +29,7 @@ cdef extern from "handler.h" nogil:
     int fr_flag_signo(const fr_flag *f)
     int fr_flag_sender(const fr_flag *f)
     void fr_flag_publish_fds(fr_flag *f, int rfd, int wfd)
+    void fr_flag_mark_shared(fr_flag *f)
     int fr_wakefd_open(int *rfd, int *wfd)
     void fr_wakefd_drain(int rfd)
     void fr_wakefd_poke(int wfd)
@@ -46,5 +54,5 @@ cdef extern from "handler.h" nogil:
 
     int fr_global_wake_rfd()
     int fr_global_wake_open()
-    int fr_global_wake_reopen()
+    void fr_global_wake_drain()
     int fr_chld_drain(int *out, int max, int *lost)
