@@ -104,7 +104,8 @@ def test_reap_batch_and_signal_batch_entry_points() -> None:
         _release_and_settle([p])
         (r,) = _core.reap_batch([p.pid], [fd])
         assert r is not None and r is not False
-        assert r[:3] == (p.pid, 5, False)
+        assert (r.pid, r.returncode, r.exit_code, r.signal, r.core_dumped) == (p.pid, 5, 5, None, False)
+        assert r == fastreap.ExitStatus(p.pid, 5, 5, None, False, r.user_time, r.system_time, r.max_rss)
         assert _core.reap_batch([p.pid], [fd]) == [None]  # gone: ECHILD
         p.returncode = 5
     finally:

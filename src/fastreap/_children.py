@@ -28,7 +28,7 @@ from ._args import (
     check_timeout,
     not_a_child,
 )
-from ._deadline import Deadline
+from ._deadline import NEVER, Deadline
 from ._owners import Owner, is_mp_process, is_popen, owner_of
 from ._status import ChildLostError, ExitStatus, from_returncode, from_wait
 from ._stop import StopReport, StopRun
@@ -148,7 +148,7 @@ class Child:
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait (without polling, GIL released) until it exits; return its
         returncode, or None on timeout. ChildLostError if someone else reaped it."""
-        deadline = Deadline.after(check_timeout(timeout))
+        deadline = NEVER if timeout is None else Deadline.after(check_timeout(timeout))
         if self._watcher.closed and not self._done():
             raise ChildProcessError(f"pid {self.pid} is a child of the parent process, not of this one")
         self._watcher.wait_until(self._done, deadline)

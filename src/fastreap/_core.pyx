@@ -10,6 +10,7 @@ monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from cpython.object cimport PyObject_GenericSetAttr
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport EACCES, ECHILD, EINTR, EINVAL, ENOSPC, ENOSYS, EPERM, errno
 from libc.stdint cimport int64_t, uintptr_t
@@ -652,12 +653,71 @@ cdef extern from "<sys/wait.h>" nogil:
     bint WCOREDUMP(int status)
 
 
-cdef inline tuple _decoded(fr_exit *e):
-    """(pid, returncode, core_dumped, utime, stime, maxrss): the wait status
-    decoded here, so _status only builds the object."""
+cdef object _status_type = None  # _status.ExitStatus, once registered (set_status_type)
+cdef object _object_new = object.__new__
+
+
+def set_status_type(t):
+    """Register ``_status.ExitStatus``: the reaping calls then return it,
+    built here from the wait status (no decoding left to Python)."""
+    global _status_type
+    if not isinstance(t, type):
+        raise TypeError(f"t must be a type, not {type(t).__name__}")
+    _status_type = t
+
+
+cdef object _status_of(fr_exit *e):
+    """The ExitStatus of a reaped child (the registered type, built as its
+    frozen dataclass __init__ would, without the per-field __setattr__
+    detour), or the decoded tuple (pid, returncode, core_dumped, utime,
+    stime, maxrss) before a type is registered."""
+    cdef int rc
+    cdef bint core = False
     if WIFSIGNALED(e.status):
-        return (e.pid, -WTERMSIG(e.status), WCOREDUMP(e.status) != 0, e.utime, e.stime, e.maxrss)
-    return (e.pid, WEXITSTATUS(e.status), False, e.utime, e.stime, e.maxrss)
+        rc = -WTERMSIG(e.status)
+        core = WCOREDUMP(e.status) != 0
+    else:
+        rc = WEXITSTATUS(e.status)
+    if _status_type is None:
+        return (e.pid, rc, core, e.utime, e.stime, e.maxrss)
+    es = _object_new(_status_type)
+    PyObject_GenericSetAttr(es, "__dict__", {
+        "pid": e.pid,
+        "returncode": rc,
+        "exit_code": None if rc < 0 else rc,
+        "signal": -rc if rc < 0 else None,
+        "core_dumped": core,
+        "user_time": e.utime,
+        "system_time": e.stime,
+        "max_rss": e.maxrss,
+    })
+    return es
+
+
+def reap_one(int pid, int pidfd=-1, bint close_fd=False):
+    """The single-child hot path of reap_batch: reap it (WNOHANG, with
+    rusage; through its pidfd when >= 0, else wait4(pid)) and return its
+    ExitStatus (see set_status_type), False if it has not exited, None if it
+    is not (or no longer) our child (ECHILD). With close_fd the pidfd is
+    closed once it is reaped or gone (a oneshot registration whose event
+    was reported: no deregistration needed); on any other error it is left
+    open and OSError raised."""
+    cdef fr_exit e
+    cdef int r
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    r = fr_reap(pidfd, pid, &e)  # WNOHANG: no need to release the GIL
+    if r < 0:
+        if errno != ECHILD:
+            _raise_errno()
+        if close_fd and pidfd >= 0:
+            close(pidfd)
+        return None
+    if r == 0:
+        return False
+    if close_fd and pidfd >= 0:
+        close(pidfd)
+    return _status_of(&e)
 
 
 cdef int *_int_array(list items, Py_ssize_t n) except NULL:
@@ -677,8 +737,7 @@ cdef int *_int_array(list items, Py_ssize_t n) except NULL:
 def reap_batch(list pids, list pidfds, bint close_fds=False):
     """Reap each child (WNOHANG, with rusage; through its pidfd when >= 0,
     else wait4(pid)) in one C loop with the GIL released. One entry per
-    child: the decoded tuple (pid, returncode, core_dumped, utime, stime,
-    maxrss), False if it has not exited, None if it is not (or no longer)
+    child: its ExitStatus (see set_status_type), False if it has not exited, None if it is not (or no longer)
     our child (ECHILD). With close_fds, the pidfd of each one reaped or gone
     is closed (registered oneshot and reported: no deregistration needed)."""
     cdef Py_ssize_t n = len(pids), i
@@ -708,7 +767,7 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
         for i in range(n):
             r = rs[i]
             if r == 1:
-                out.append(_decoded(&es[i]))
+                out.append(_status_of(&es[i]))
             elif r == 0:
                 out.append(False)
             elif r == -ECHILD:

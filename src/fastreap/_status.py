@@ -72,47 +72,9 @@ def from_siginfo(pid: int, si_code: int, si_status: int) -> ExitStatus:
     return _decode(pid, -si_status, si_code == _core.CLD_DUMPED_)
 
 
-_new = object.__new__
-_setattr = object.__setattr__
-
-
-def from_decoded(pid: int, rc: int, core: bool, utime: float, stime: float, maxrss: int) -> ExitStatus:
-    """A status the C reaper already decoded (``_core.reap_batch``): only
-    builds the object (the same one ``_decode`` makes, without the frozen
-    dataclass's per-field ``__setattr__`` detour; this runs once per exit)."""
-    es = _new(ExitStatus)
-    if rc < 0:
-        _setattr(
-            es,
-            "__dict__",
-            {
-                "pid": pid,
-                "returncode": rc,
-                "exit_code": None,
-                "signal": -rc,
-                "core_dumped": core,
-                "user_time": utime,
-                "system_time": stime,
-                "max_rss": maxrss,
-            },
-        )
-    else:
-        _setattr(
-            es,
-            "__dict__",
-            {
-                "pid": pid,
-                "returncode": rc,
-                "exit_code": rc,
-                "signal": None,
-                "core_dumped": False,
-                "user_time": utime,
-                "system_time": stime,
-                "max_rss": maxrss,
-            },
-        )
-    return es
-
+# The reaping calls of _core (reap_one, reap_batch, reap_checked) build
+# ExitStatus objects themselves, in C: no decoding left to Python per exit.
+_core.set_status_type(ExitStatus)
 
 # The watcher's "not exited after all" (identity-compared, never exposed).
 RUNNING = ExitStatus(0, 0, 0, None)
