@@ -293,7 +293,7 @@ def wait(
     Event-driven (never sleeps in a loop), GIL released while blocked."""
     if return_when not in (FIRST_EXITED, ALL_EXITED):
         raise ValueError(f"return_when must be FIRST_EXITED or ALL_EXITED, got {return_when!r}")
-    deadline = Deadline.after(check_timeout(timeout))
+    deadline = NEVER if timeout is None else Deadline.after(check_timeout(timeout))
     kids = as_children(children, "children")
     if kids:
         w = _watcher.current()
@@ -321,11 +321,8 @@ def wait(
                 return not pending_kids
 
         w.wait_until(pred, deadline)
-    done: set[Child] = set()
-    pending: set[Child] = set()
-    for c in kids:
-        (done if c._status is not None or c._lost else pending).add(c)
-    return done, pending
+    done = {c for c in kids if c._status is not None or c._lost}
+    return done, set(kids) - done
 
 
 def reap() -> list[ExitStatus]:

@@ -785,6 +785,71 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
         PyMem_RawFree(es)
 
 
+def start_time(int pid):
+    """The start time of pid (clock ticks since boot, /proc/<pid>/stat field
+    22), None if there is no such process; OSError if it cannot be read
+    (ENOSYS without /proc)."""
+    cdef long long t = 0
+    cdef int r
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    with nogil:
+        r = fr_start_time(pid, &t)
+    if r < 0:
+        _raise_errno()
+    return t if r == 1 else None
+
+
+def reap_checked(list pids, list starts):
+    """The SIGCHLD path's reap, in one C loop with the GIL released: for
+    each pid, unless its recorded start time is None, check that the pid
+    still names the process that started then (/proc; an unreadable one
+    proves nothing), then reap it (wait4 WNOHANG, with rusage). One entry
+    per pid: its ExitStatus (see set_status_type); False if it has not
+    exited; None if it is not ours to take: the pid names another process
+    now, or is not (or no longer) our child (ECHILD)."""
+    cdef Py_ssize_t n = len(pids), i
+    cdef int *ids = NULL
+    cdef long long *ts = NULL
+    cdef int *rs = NULL
+    cdef fr_exit *es = NULL
+    cdef int r
+    if len(starts) != n:
+        raise ValueError("pids and starts must have the same length")
+    if n == 0:
+        return []
+    try:
+        ids = _int_array(pids, n)
+        for i in range(n):
+            if ids[i] <= 0:
+                raise ValueError(f"pid must be > 0, got {ids[i]}")
+        ts = <long long *>PyMem_RawCalloc(n, sizeof(long long))
+        rs = <int *>PyMem_RawCalloc(n, sizeof(int))
+        es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
+        if ts == NULL or rs == NULL or es == NULL:
+            raise MemoryError()
+        for i in range(n):
+            t = starts[i]
+            ts[i] = -1 if t is None else t
+        with nogil:
+            fr_reap_checked(ids, ts, <int>n, es, rs)
+        out = []
+        for i in range(n):
+            r = rs[i]
+            if r == 1:
+                out.append(_status_of(&es[i]))
+            elif r == FR_REAP_OTHER or r == -ECHILD:
+                out.append(None)
+            else:  # 0: running; another error (cannot happen with WNOHANG): keep watching
+                out.append(False)
+        return out
+    finally:
+        PyMem_RawFree(ids)
+        PyMem_RawFree(ts)
+        PyMem_RawFree(rs)
+        PyMem_RawFree(es)
+
+
 def watch_pidfd(int pfd, int pid, int floor, int64_t token):
     """Register pid for exit notice in one C call: pidfd_open (moved to >=
     floor), a WNOWAIT peek through it (is it our child, has it exited?),
