@@ -30,7 +30,7 @@ from ._args import (
 )
 from ._deadline import NEVER, Deadline
 from ._owners import Owner, is_mp_process, is_popen, owner_of
-from ._status import ChildLostError, ExitStatus, from_returncode, from_wait
+from ._status import ChildLostError, ExitStatus, from_returncode
 from ._stop import StopReport, StopRun
 
 __all__ = [
@@ -375,12 +375,9 @@ def reap() -> list[ExitStatus]:
             owners = None
             continue
         with w.lock:
-            try:
-                r = _core.reap_pid(z)
-            except ChildProcessError:
-                continue  # someone else reaped it since the peek
-        if r is not None:
-            out.append(from_wait(*r))
+            r = _core.reap_one(z)  # None: someone else reaped it since the peek
+        if r:
+            out.append(r)
     return out
 
 

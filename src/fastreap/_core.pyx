@@ -604,23 +604,6 @@ cdef inline tuple _exit_tuple(fr_exit *e):
     return (e.pid, e.status, e.utime, e.stime, e.maxrss)
 
 
-def reap_pid(int pid, int pidfd=-1):
-    """Reap it, WNOHANG, with rusage: None if still running, else (pid,
-    status, utime, stime, maxrss). Through pidfd when one is given (waitid
-    P_PIDFD: never a reused pid), else wait4(pid). ChildProcessError if it is
-    not (or no longer) our child."""
-    cdef fr_exit e
-    cdef int r
-    if pid <= 0:
-        raise ValueError(f"pid must be > 0, got {pid}")
-    r = fr_reap(pidfd, pid, &e)  # retries EINTR itself (WNOHANG)
-    if r < 0:
-        _raise_errno()
-    if r == 0:
-        return None
-    return _exit_tuple(&e)
-
-
 def reap_all():
     """Reap every exited child (waitpid(-1, WNOHANG) in a C loop, GIL released)."""
     cdef fr_exit buf[256]

@@ -1,15 +1,17 @@
-"""How a child ended: ``ExitStatus``, decoded in one place.
+"""How a child ended: ``ExitStatus``.
 
 The kernel reports an end in three encodings: a wait status (``wait4``,
-``waitpid(-1)``), a siginfo (``waitid`` peeks: ``si_code`` + ``si_status``)
-and, when a Popen or Process reaped it, a returncode (-N for signal N).
-``_decode`` is the one place that turns a returncode and a core flag into the
-fields; the two small translators only say which returncode the kernel meant.
+``waitid`` with rusage: when fastreap reaps), a siginfo (``waitid`` peeks:
+``si_code`` + ``si_status``) and, when a Popen or Process reaped it, a
+returncode (-N for signal N). A reaped wait status is decoded where it is
+reaped, in C: ``_core`` builds the ExitStatus itself (``set_status_type``
+below), with the same fields ``_decode`` gives. ``_decode`` turns a
+returncode and a core flag into the fields for the other two; their small
+translators only say which returncode the kernel meant.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from . import _core
@@ -50,19 +52,6 @@ def _decode(
 def from_returncode(pid: int, rc: int) -> ExitStatus:
     """What a Popen/Process found (no rusage, no core flag)."""
     return _decode(pid, rc)
-
-
-def from_wait(
-    pid: int,
-    status: int,
-    utime: float | None = None,
-    stime: float | None = None,
-    maxrss: int | None = None,
-) -> ExitStatus:
-    """A wait status with rusage (``_core.reap_pid``, ``_core.reap_all``)."""
-    if os.WIFSIGNALED(status):
-        return _decode(pid, -os.WTERMSIG(status), os.WCOREDUMP(status), utime, stime, maxrss)
-    return _decode(pid, os.WEXITSTATUS(status), False, utime, stime, maxrss)
 
 
 def from_siginfo(pid: int, si_code: int, si_status: int) -> ExitStatus:

@@ -328,10 +328,9 @@ def run(quick: bool, progress: Progress) -> list[Result]:
             got = fresh(__name__, "case", env=env, case=key, exe=exe, n=n)
             for live in LIVES:
                 rows[(live, name)].samples += got[str(live)]
+    how = f"{rounds} rounds x {n} children per case, each round a fresh process; {RUSAGE}"
     for live in LIVES:
-        rows[(live, C_PIDFD)].note = (
-            f"{rounds} rounds x {n} children per case, each round a fresh process; {RUSAGE}"
-        )
+        rows[(live, C_PIDFD)].note = how
         for name in (C_SIGCHLD, PY_PIDFD, PY_SIGCHLD):
             rows[(live, name)].note = RUSAGE
     return out
