@@ -717,11 +717,22 @@ cdef int *_int_array(list items, Py_ssize_t n) except NULL:
     return a
 
 
+cdef int *_pid_array(list pids, Py_ssize_t n) except NULL:
+    """pids as a C array (PyMem_RawFree it), each checked > 0."""
+    cdef int *a = _int_array(pids, n)
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] <= 0:
+            PyMem_RawFree(a)
+            raise ValueError(f"pid must be > 0, got {pids[i]}")
+    return a
+
+
 def reap_batch(list pids, list pidfds, bint close_fds=False):
     """Reap each child (WNOHANG, with rusage; through its pidfd when >= 0,
     else wait4(pid)) in one C loop with the GIL released. One entry per
-    child: its ExitStatus (see set_status_type), False if it has not exited, None if it is not (or no longer)
-    our child (ECHILD). With close_fds, the pidfd of each one reaped or gone
+    child: its ExitStatus (see set_status_type), False if it has not
+    exited, None if it is not (or no longer) our child (ECHILD). With close_fds, the pidfd of each one reaped or gone
     is closed (registered oneshot and reported: no deregistration needed)."""
     cdef Py_ssize_t n = len(pids), i
     cdef int *ids = NULL
@@ -734,11 +745,8 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
     if n == 0:
         return []
     try:
-        ids = _int_array(pids, n)
+        ids = _pid_array(pids, n)
         fds = _int_array(pidfds, n)
-        for i in range(n):
-            if ids[i] <= 0:
-                raise ValueError(f"pid must be > 0, got {ids[i]}")
         rs = <int *>PyMem_RawCalloc(n, sizeof(int))
         es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
         if rs == NULL or es == NULL:
@@ -802,10 +810,7 @@ def reap_checked(list pids, list starts):
     if n == 0:
         return []
     try:
-        ids = _int_array(pids, n)
-        for i in range(n):
-            if ids[i] <= 0:
-                raise ValueError(f"pid must be > 0, got {ids[i]}")
+        ids = _pid_array(pids, n)
         ts = <long long *>PyMem_RawCalloc(n, sizeof(long long))
         rs = <int *>PyMem_RawCalloc(n, sizeof(int))
         es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
