@@ -532,16 +532,24 @@ def poller_del_pid(int pfd, int pid):
 
 def poller_wait(int pfd, double timeout):
     """Wait (GIL released) up to timeout seconds (< 0 forever); return the
-    ready tokens, or [] after a signal (Python's handlers have run)."""
+    ready tokens. After a signal, once Python's handlers have run (they may
+    raise), the tokens ready by then, perhaps none: a SIGCHLD that
+    interrupted the wait has made the wake-up descriptor ready, and its
+    token comes back at once instead of after another round trip."""
     cdef int64_t tokens[64]
     cdef int n
     with nogil:
         n = fr_poller_wait(pfd, timeout, tokens, 64)
     if n < 0:
-        if errno == EINTR:
-            _after_eintr()
-            return []
-        _raise_errno()
+        if errno != EINTR:
+            _raise_errno()
+        _after_eintr()
+        n = fr_poller_wait(pfd, 0.0, tokens, 64)  # never blocks
+        if n < 0:
+            if errno == EINTR:
+                _after_eintr()
+                return []
+            _raise_errno()
     return [tokens[i] for i in range(n)]
 
 
