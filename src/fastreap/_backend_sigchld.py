@@ -231,6 +231,8 @@ class SigchldBackend:
         """Reap the SIGCHLD senders that are ours on this path. Plain pids
         (``Owner.direct``) in one C call that checks each start time and
         reaps (``reap_checked``); the others through try_reap."""
+        if not pids:
+            return
         w = self.w
         starts = self.starts
         direct: dict[int, Child] = {}

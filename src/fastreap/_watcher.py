@@ -371,7 +371,7 @@ class Watcher:
             return
         pid = c.pid
         # Out of the books before the C call closes it (see reap_batch).
-        (fd,) = self.pidfd.take([pid])
+        fd = self.pidfd.take_one(pid)
         try:
             r = _core.reap_one(pid, fd, True)
         except BaseException:
