@@ -740,8 +740,9 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
     """Reap each child (WNOHANG, with rusage; through its pidfd when >= 0,
     else wait4(pid)) in one C loop with the GIL released. One entry per
     child: its ExitStatus (see set_status_type), False if it has not
-    exited, None if it is not (or no longer) our child (ECHILD). With close_fds, the pidfd of each one reaped or gone
-    is closed (registered oneshot and reported: no deregistration needed)."""
+    exited, None if it is not (or no longer) our child (ECHILD). With
+    close_fds, the pidfd of each one reaped or gone is closed (registered
+    oneshot and reported: no deregistration needed)."""
     cdef Py_ssize_t n = len(pids), i
     cdef int *ids = NULL
     cdef int *fds = NULL
