@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import fastreap
-from fastreap import _core, _watcher
+from fastreap import _core, _procfs, _watcher
 
 
 @pytest.fixture
@@ -104,7 +104,8 @@ def test_reap_batch_and_signal_batch_entry_points() -> None:
         _release_and_settle([p])
         (r,) = _core.reap_batch([p.pid], [fd])
         assert r is not None and r is not False
-        assert r[:3] == (p.pid, 5, False)
+        assert (r.pid, r.returncode, r.exit_code, r.signal, r.core_dumped) == (p.pid, 5, 5, None, False)
+        assert r == fastreap.ExitStatus(p.pid, 5, 5, None, False, r.user_time, r.system_time, r.max_rss)
         assert _core.reap_batch([p.pid], [fd]) == [None]  # gone: ECHILD
         p.returncode = 5
     finally:
@@ -115,6 +116,35 @@ def test_reap_batch_and_signal_batch_entry_points() -> None:
         _core.reap_batch([0], [-1])
     assert _core.reap_batch([], []) == []
     assert _core.signal_batch([], 0) == []
+
+
+def test_reap_one_and_reap_checked_entry_points() -> None:
+    """The single-child reap, and the SIGCHLD path's: the start time is
+    checked before anything is reaped; statuses come built (ExitStatus)."""
+    p, q = _waiting("exit 6"), _waiting("kill -KILL $$")
+    start = _core.start_time(p.pid)
+    st = _procfs.read_stat(p.pid)
+    assert start is not None and st is not None and start == st.start_time
+    assert _core.reap_one(p.pid) is False  # still running
+    assert _core.reap_checked([p.pid, q.pid], [start, None]) == [False, False]
+    _release_and_settle([p, q])
+    assert _core.reap_checked([p.pid], [start + 1]) == [None]  # another process by that pid now
+    os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)  # ... so it was left alone
+    (r,) = _core.reap_checked([p.pid], [start])
+    assert isinstance(r, fastreap.ExitStatus)
+    assert r == fastreap.ExitStatus(p.pid, 6, 6, None, False, r.user_time, r.system_time, r.max_rss)
+    assert _core.reap_checked([p.pid], [None]) == [None]  # gone: ECHILD
+    assert _core.start_time(p.pid) is None
+    k = _core.reap_one(q.pid)
+    assert isinstance(k, fastreap.ExitStatus)
+    assert (k.returncode, k.exit_code, k.signal) == (-signal.SIGKILL, None, signal.SIGKILL)
+    assert _core.reap_one(q.pid) is None
+    p.returncode, q.returncode = 6, -signal.SIGKILL
+    with pytest.raises(ValueError, match="same length"):
+        _core.reap_checked([1, 2], [None])
+    with pytest.raises(ValueError, match="pid must be > 0"):
+        _core.reap_checked([0], [None])
+    assert _core.reap_checked([], []) == []
 
 
 def test_graceful_stop_batch_signals_and_reaps(pidfd_watcher: _watcher.Watcher) -> None:

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from . import _core, _flags, _procfs
 
 if TYPE_CHECKING:
+    from ._children import Child
     from ._watcher import Watcher
 
 CHECK = -2  # poller token of the loss-check timer
@@ -91,6 +92,11 @@ class SigchldBackend:
         self.loss_checks = 0
         self.degraded_scans = 0
         self.no_timer = False  # timer_open failed (no timerfd): cap the poller wait instead
+        # When the timer fires (monotonic), None while disarmed. It is set
+        # again only to fire sooner: one that fires early finds nothing due
+        # and is armed for the rest (on_check_timer), so a check after every
+        # exit costs no timerfd call.
+        self.armed_at: float | None = None
         self.due = 0.0  # when the next periodic loss check is due (0: none scheduled)
         self.replaced = 0  # times our SIGCHLD handler was found replaced
         self.gone = False  # our handler is not installed right now (replaced, or SIG_IGN kept)
@@ -139,8 +145,15 @@ class SigchldBackend:
         """The next periodic loss check, one period from now."""
         period = _PERIOD_DEGRADED if self.gone else _PERIOD
         self.due = now + period
-        if self.tfd >= 0 and not self.check_owed:
-            _core.timer_arm(self.tfd, period)
+        if not self.check_owed:
+            self._arm(now, self.due)
+
+    def _arm(self, now: float, at: float) -> None:
+        """Have the timer fire by ``at`` (no call if it fires by then already)."""
+        if self.tfd < 0 or (self.armed_at is not None and self.armed_at <= at):
+            return
+        _core.timer_arm(self.tfd, max(at - now, 1e-6))
+        self.armed_at = at
 
     def cap(self, remaining: float) -> float:
         """Without a timer, how long the leader may block in the poller (-1.0: forever)."""
@@ -188,33 +201,60 @@ class SigchldBackend:
         """The wake-up descriptor fired: a handled signal or a SIGCHLD."""
         w = self.w
         pids, overflow = _core.chld_drain()
-        if not self.starts:
-            return
-        if pids or overflow:
-            # Each delivered SIGCHLD may have swallowed others: a loss check
-            # is owed. Owe it before the work below, so that an exception
-            # there (Ctrl-C, a callback) cannot drop it.
-            now = time.monotonic()
-            self.last_chld = now
-            self.exits_since_check += len(pids)
-            if not self.check_owed and self.tfd >= 0:
-                self.check_owed = True
-                self.owed_since = now
-                _core.timer_arm(self.tfd, min(_CHECK_QUIET, max(0.0, self.due - now)) or 1e-6)
-        for pid in pids:
-            if pid in self.starts:
-                ringed = w.children[pid]
-                if not w.try_reap(ringed) and not self.same_process(pid):
-                    w.lose(ringed)  # it exited, was reaped elsewhere, and the pid is reused
-        if not (pids or overflow) or not self.starts:
-            return  # another signal's wake-up, or nothing left to lose
-        # Run the check now when enough exits have paid for it, else the
-        # timer runs it once SIGCHLDs are quiet (module docstring).
-        if overflow or self.tfd < 0 or self.exits_since_check >= len(w.children) >> 5:
+        if not self.starts or not (pids or overflow):
+            return  # nothing on this path, or another signal's wake-up
+        # Each delivered SIGCHLD may have swallowed others: a loss check is
+        # owed. Owe it before the work below, so that an exception there
+        # (Ctrl-C, a callback) cannot drop it. It runs now when enough exits
+        # have paid for it, else from the timer once SIGCHLDs are quiet
+        # (module docstring).
+        now = time.monotonic()
+        self.last_chld = now
+        self.exits_since_check += len(pids)
+        now_check = overflow or self.tfd < 0 or self.exits_since_check >= len(w.children) >> 5
+        quiet_at = now + (min(_CHECK_QUIET, max(0.0, self.due - now)) or 1e-6)
+        if not self.check_owed and self.tfd >= 0:
+            self.check_owed = True
+            self.owed_since = now
+            if not now_check:
+                self._arm(now, quiet_at)
+        try:
+            self.reap_ringed(pids)
+        except BaseException:
+            self._arm(now, quiet_at)  # the check stays owed: the timer runs it
+            raise
+        if now_check and self.starts:
             self.loss_check()
+
+    def reap_ringed(self, pids: list[int]) -> None:
+        """Reap the SIGCHLD senders that are ours on this path. Plain pids
+        (``Owner.direct``) in one C call that checks each start time and
+        reaps (``reap_checked``); the others through try_reap."""
+        if not pids:
+            return
+        w = self.w
+        starts = self.starts
+        direct: dict[int, Child] = {}
+        for pid in pids:
+            if pid not in starts:
+                continue
+            ringed = w.children[pid]
+            if ringed._owner.direct:
+                direct[pid] = ringed  # once, though the ring may name it twice
+            elif not w.try_reap(ringed) and not self.same_process(pid):
+                w.lose(ringed)  # it exited, was reaped elsewhere, and the pid is reused
+        if not direct:
+            return
+        got = _core.reap_checked(list(direct), [starts[pid] for pid in direct])
+        for c, r in zip(direct.values(), got, strict=True):
+            if r is None:
+                w.lose(c)  # reaped elsewhere (and maybe the pid reused): not ours to take
+            elif r is not False:
+                w.finish(c, r)
 
     def on_check_timer(self) -> None:
         _core.timer_drain(self.tfd)
+        self.armed_at = None
         if not self.starts:
             self.due = 0.0
             return
@@ -223,10 +263,10 @@ class SigchldBackend:
             quiet = self.last_chld + _CHECK_QUIET
             latest = self.owed_since + max(_CHECK_MAX_AGE, 500 * self.check_cost)
             if now < quiet and now < latest:
-                _core.timer_arm(self.tfd, min(quiet, latest, self.due) - now)
+                self._arm(now, min(quiet, latest, self.due))
                 return
         elif now < self.due:
-            _core.timer_arm(self.tfd, self.due - now)
+            self._arm(now, self.due)
             return
         self.loss_check()
 
@@ -257,11 +297,7 @@ class SigchldBackend:
         t0 = time.monotonic()
         # SIGCHLDs ringed since the last drain are covered by this check:
         # take them now, so no debt is left behind for them.
-        for pid in _core.chld_drain()[0]:
-            if pid in self.starts:
-                ringed = w.children[pid]
-                if not w.try_reap(ringed) and not self.same_process(pid):
-                    w.lose(ringed)
+        self.reap_ringed(_core.chld_drain()[0])
         if t0 >= self.due:
             self._periodic(t0)
         while self.starts:
@@ -282,9 +318,11 @@ class SigchldBackend:
         if self.starts:
             self._schedule(now)
         else:
+            # Nothing left on this path. The timer is left as it is: it
+            # fires at most once more and finds nothing (on_check_timer),
+            # which costs less than disarming it here and arming it again
+            # for the next child (two timerfd calls per exit at one child).
             self.due = 0.0
-            if self.tfd >= 0:
-                _core.timer_arm(self.tfd, 0.0)
 
     def take_fds(self) -> list[int]:
         """Hand over its descriptors for closing (Watcher.close)."""

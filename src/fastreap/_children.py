@@ -28,9 +28,9 @@ from ._args import (
     check_timeout,
     not_a_child,
 )
-from ._deadline import Deadline
+from ._deadline import NEVER, Deadline
 from ._owners import Owner, is_mp_process, is_popen, owner_of
-from ._status import ChildLostError, ExitStatus, from_returncode, from_wait
+from ._status import ChildLostError, ExitStatus, from_returncode
 from ._stop import StopReport, StopRun
 
 __all__ = [
@@ -148,7 +148,7 @@ class Child:
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait (without polling, GIL released) until it exits; return its
         returncode, or None on timeout. ChildLostError if someone else reaped it."""
-        deadline = Deadline.after(check_timeout(timeout))
+        deadline = NEVER if timeout is None else Deadline.after(check_timeout(timeout))
         if self._watcher.closed and not self._done():
             raise ChildProcessError(f"pid {self.pid} is a child of the parent process, not of this one")
         self._watcher.wait_until(self._done, deadline)
@@ -293,7 +293,7 @@ def wait(
     Event-driven (never sleeps in a loop), GIL released while blocked."""
     if return_when not in (FIRST_EXITED, ALL_EXITED):
         raise ValueError(f"return_when must be FIRST_EXITED or ALL_EXITED, got {return_when!r}")
-    deadline = Deadline.after(check_timeout(timeout))
+    deadline = NEVER if timeout is None else Deadline.after(check_timeout(timeout))
     kids = as_children(children, "children")
     if kids:
         w = _watcher.current()
@@ -321,11 +321,8 @@ def wait(
                 return not pending_kids
 
         w.wait_until(pred, deadline)
-    done: set[Child] = set()
-    pending: set[Child] = set()
-    for c in kids:
-        (done if c._status is not None or c._lost else pending).add(c)
-    return done, pending
+    done = {c for c in kids if c._status is not None or c._lost}
+    return done, set(kids) - done
 
 
 def reap() -> list[ExitStatus]:
@@ -380,12 +377,9 @@ def reap() -> list[ExitStatus]:
             owners = None
             continue
         with w.lock:
-            try:
-                r = _core.reap_pid(z)
-            except ChildProcessError:
-                continue  # someone else reaped it since the peek
-        if r is not None:
-            out.append(from_wait(*r))
+            r = _core.reap_one(z)  # None: someone else reaped it since the peek
+        if r:
+            out.append(r)
     return out
 
 

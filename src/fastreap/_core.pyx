@@ -10,6 +10,7 @@ monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from cpython.object cimport PyObject_GenericSetAttr
 from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport EACCES, ECHILD, EINTR, EINVAL, ENOSPC, ENOSYS, EPERM, errno
 from libc.stdint cimport int64_t, uintptr_t
@@ -519,16 +520,24 @@ def poller_del_pid(int pfd, int pid):
 
 def poller_wait(int pfd, double timeout):
     """Wait (GIL released) up to timeout seconds (< 0 forever); return the
-    ready tokens, or [] after a signal (Python's handlers have run)."""
+    ready tokens. After a signal, once Python's handlers have run (they may
+    raise), the tokens ready by then, perhaps none: a SIGCHLD that
+    interrupted the wait has made the wake-up descriptor ready, and its
+    token comes back at once instead of after another round trip."""
     cdef int64_t tokens[64]
     cdef int n
     with nogil:
         n = fr_poller_wait(pfd, timeout, tokens, 64)
     if n < 0:
-        if errno == EINTR:
-            _after_eintr()
-            return []
-        _raise_errno()
+        if errno != EINTR:
+            _raise_errno()
+        _after_eintr()
+        n = fr_poller_wait(pfd, 0.0, tokens, 64)  # never blocks
+        if n < 0:
+            if errno == EINTR:
+                _after_eintr()
+                return []
+            _raise_errno()
     return [tokens[i] for i in range(n)]
 
 
@@ -591,23 +600,6 @@ cdef inline tuple _exit_tuple(fr_exit *e):
     return (e.pid, e.status, e.utime, e.stime, e.maxrss)
 
 
-def reap_pid(int pid, int pidfd=-1):
-    """Reap it, WNOHANG, with rusage: None if still running, else (pid,
-    status, utime, stime, maxrss). Through pidfd when one is given (waitid
-    P_PIDFD: never a reused pid), else wait4(pid). ChildProcessError if it is
-    not (or no longer) our child."""
-    cdef fr_exit e
-    cdef int r
-    if pid <= 0:
-        raise ValueError(f"pid must be > 0, got {pid}")
-    r = fr_reap(pidfd, pid, &e)  # retries EINTR itself (WNOHANG)
-    if r < 0:
-        _raise_errno()
-    if r == 0:
-        return None
-    return _exit_tuple(&e)
-
-
 def reap_all():
     """Reap every exited child (waitpid(-1, WNOHANG) in a C loop, GIL released)."""
     cdef fr_exit buf[256]
@@ -640,12 +632,71 @@ cdef extern from "<sys/wait.h>" nogil:
     bint WCOREDUMP(int status)
 
 
-cdef inline tuple _decoded(fr_exit *e):
-    """(pid, returncode, core_dumped, utime, stime, maxrss): the wait status
-    decoded here, so _status only builds the object."""
+cdef object _status_type = None  # _status.ExitStatus, once registered (set_status_type)
+cdef object _object_new = object.__new__
+
+
+def set_status_type(t):
+    """Register ``_status.ExitStatus``: the reaping calls then return it,
+    built here from the wait status (no decoding left to Python)."""
+    global _status_type
+    if not isinstance(t, type):
+        raise TypeError(f"t must be a type, not {type(t).__name__}")
+    _status_type = t
+
+
+cdef object _status_of(fr_exit *e):
+    """The ExitStatus of a reaped child (the registered type, built as its
+    frozen dataclass __init__ would, without the per-field __setattr__
+    detour), or the decoded tuple (pid, returncode, core_dumped, utime,
+    stime, maxrss) before a type is registered."""
+    cdef int rc
+    cdef bint core = False
     if WIFSIGNALED(e.status):
-        return (e.pid, -WTERMSIG(e.status), WCOREDUMP(e.status) != 0, e.utime, e.stime, e.maxrss)
-    return (e.pid, WEXITSTATUS(e.status), False, e.utime, e.stime, e.maxrss)
+        rc = -WTERMSIG(e.status)
+        core = WCOREDUMP(e.status) != 0
+    else:
+        rc = WEXITSTATUS(e.status)
+    if _status_type is None:
+        return (e.pid, rc, core, e.utime, e.stime, e.maxrss)
+    es = _object_new(_status_type)
+    PyObject_GenericSetAttr(es, "__dict__", {
+        "pid": e.pid,
+        "returncode": rc,
+        "exit_code": None if rc < 0 else rc,
+        "signal": -rc if rc < 0 else None,
+        "core_dumped": core,
+        "user_time": e.utime,
+        "system_time": e.stime,
+        "max_rss": e.maxrss,
+    })
+    return es
+
+
+def reap_one(int pid, int pidfd=-1, bint close_fd=False):
+    """The single-child hot path of reap_batch: reap it (WNOHANG, with
+    rusage; through its pidfd when >= 0, else wait4(pid)) and return its
+    ExitStatus (see set_status_type), False if it has not exited, None if it
+    is not (or no longer) our child (ECHILD). With close_fd the pidfd is
+    closed once it is reaped or gone (a oneshot registration whose event
+    was reported: no deregistration needed); on any other error it is left
+    open and OSError raised."""
+    cdef fr_exit e
+    cdef int r
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    r = fr_reap(pidfd, pid, &e)  # WNOHANG: no need to release the GIL
+    if r < 0:
+        if errno != ECHILD:
+            _raise_errno()
+        if close_fd and pidfd >= 0:
+            close(pidfd)
+        return None
+    if r == 0:
+        return False
+    if close_fd and pidfd >= 0:
+        close(pidfd)
+    return _status_of(&e)
 
 
 cdef int *_int_array(list items, Py_ssize_t n) except NULL:
@@ -662,13 +713,24 @@ cdef int *_int_array(list items, Py_ssize_t n) except NULL:
     return a
 
 
+cdef int *_pid_array(list pids, Py_ssize_t n) except NULL:
+    """pids as a C array (PyMem_RawFree it), each checked > 0."""
+    cdef int *a = _int_array(pids, n)
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] <= 0:
+            PyMem_RawFree(a)
+            raise ValueError(f"pid must be > 0, got {pids[i]}")
+    return a
+
+
 def reap_batch(list pids, list pidfds, bint close_fds=False):
     """Reap each child (WNOHANG, with rusage; through its pidfd when >= 0,
     else wait4(pid)) in one C loop with the GIL released. One entry per
-    child: the decoded tuple (pid, returncode, core_dumped, utime, stime,
-    maxrss), False if it has not exited, None if it is not (or no longer)
-    our child (ECHILD). With close_fds, the pidfd of each one reaped or gone
-    is closed (registered oneshot and reported: no deregistration needed)."""
+    child: its ExitStatus (see set_status_type), False if it has not
+    exited, None if it is not (or no longer) our child (ECHILD). With
+    close_fds, the pidfd of each one reaped or gone is closed (registered
+    oneshot and reported: no deregistration needed)."""
     cdef Py_ssize_t n = len(pids), i
     cdef int *ids = NULL
     cdef int *fds = NULL
@@ -680,11 +742,8 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
     if n == 0:
         return []
     try:
-        ids = _int_array(pids, n)
+        ids = _pid_array(pids, n)
         fds = _int_array(pidfds, n)
-        for i in range(n):
-            if ids[i] <= 0:
-                raise ValueError(f"pid must be > 0, got {ids[i]}")
         rs = <int *>PyMem_RawCalloc(n, sizeof(int))
         es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
         if rs == NULL or es == NULL:
@@ -696,7 +755,7 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
         for i in range(n):
             r = rs[i]
             if r == 1:
-                out.append(_decoded(&es[i]))
+                out.append(_status_of(&es[i]))
             elif r == 0:
                 out.append(False)
             elif r == -ECHILD:
@@ -710,6 +769,68 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
     finally:
         PyMem_RawFree(ids)
         PyMem_RawFree(fds)
+        PyMem_RawFree(rs)
+        PyMem_RawFree(es)
+
+
+def start_time(int pid):
+    """The start time of pid (clock ticks since boot, /proc/<pid>/stat field
+    22), None if there is no such process; OSError if it cannot be read
+    (ENOSYS without /proc)."""
+    cdef long long t = 0
+    cdef int r
+    if pid <= 0:
+        raise ValueError(f"pid must be > 0, got {pid}")
+    with nogil:
+        r = fr_start_time(pid, &t)
+    if r < 0:
+        _raise_errno()
+    return t if r == 1 else None
+
+
+def reap_checked(list pids, list starts):
+    """The SIGCHLD path's reap, in one C loop with the GIL released: for
+    each pid, unless its recorded start time is None, check that the pid
+    still names the process that started then (/proc; an unreadable one
+    proves nothing), then reap it (wait4 WNOHANG, with rusage). One entry
+    per pid: its ExitStatus (see set_status_type); False if it has not
+    exited; None if it is not ours to take: the pid names another process
+    now, or is not (or no longer) our child (ECHILD)."""
+    cdef Py_ssize_t n = len(pids), i
+    cdef int *ids = NULL
+    cdef long long *ts = NULL
+    cdef int *rs = NULL
+    cdef fr_exit *es = NULL
+    cdef int r
+    if len(starts) != n:
+        raise ValueError("pids and starts must have the same length")
+    if n == 0:
+        return []
+    try:
+        ids = _pid_array(pids, n)
+        ts = <long long *>PyMem_RawCalloc(n, sizeof(long long))
+        rs = <int *>PyMem_RawCalloc(n, sizeof(int))
+        es = <fr_exit *>PyMem_RawCalloc(n, sizeof(fr_exit))
+        if ts == NULL or rs == NULL or es == NULL:
+            raise MemoryError()
+        for i in range(n):
+            t = starts[i]
+            ts[i] = -1 if t is None else t
+        with nogil:
+            fr_reap_checked(ids, ts, <int>n, es, rs)
+        out = []
+        for i in range(n):
+            r = rs[i]
+            if r == 1:
+                out.append(_status_of(&es[i]))
+            elif r == FR_REAP_OTHER or r == -ECHILD:
+                out.append(None)
+            else:  # 0: running; another error (cannot happen with WNOHANG): keep watching
+                out.append(False)
+        return out
+    finally:
+        PyMem_RawFree(ids)
+        PyMem_RawFree(ts)
         PyMem_RawFree(rs)
         PyMem_RawFree(es)
 

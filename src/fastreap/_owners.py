@@ -48,6 +48,9 @@ class Owner:
     # A batch reap peeks it first and publishes the peeked status before
     # reaping (publish_early: an owner with no lock of its own).
     peek_first = False
+    # Nobody else to tell or to wait for (a plain pid): the watcher may reap
+    # it in one C call and finish it, with none of the questions below.
+    direct = True
 
     def __init__(self, target: Any = None) -> None:
         self.target = target
@@ -95,6 +98,7 @@ class _Object(Owner):
     """A Popen or Process: it can remember a lost child."""
 
     __slots__ = ()
+    direct = False
 
     def mark_lost(self, child: Any) -> None:
         # Its Popen/Process never learns a returncode: remember on it that

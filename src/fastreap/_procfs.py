@@ -69,10 +69,9 @@ def start_time(pid: int) -> int | None:
     if not _core.IS_LINUX:
         return None
     try:
-        st = read_stat(pid)
-    except (OSError, ValueError, IndexError):
+        return _core.start_time(pid)  # the same reader reap_checked uses, in C
+    except OSError:
         return UNKNOWN
-    return None if st is None else st.start_time
 
 
 def pids() -> list[int]:

@@ -1,15 +1,17 @@
-"""How a child ended: ``ExitStatus``, decoded in one place.
+"""How a child ended: ``ExitStatus``.
 
 The kernel reports an end in three encodings: a wait status (``wait4``,
-``waitpid(-1)``), a siginfo (``waitid`` peeks: ``si_code`` + ``si_status``)
-and, when a Popen or Process reaped it, a returncode (-N for signal N).
-``_decode`` is the one place that turns a returncode and a core flag into the
-fields; the two small translators only say which returncode the kernel meant.
+``waitid`` with rusage: when fastreap reaps), a siginfo (``waitid`` peeks:
+``si_code`` + ``si_status``) and, when a Popen or Process reaped it, a
+returncode (-N for signal N). A reaped wait status is decoded where it is
+reaped, in C: ``_core`` builds the ExitStatus itself (``set_status_type``
+below), with the same fields ``_decode`` gives. ``_decode`` turns a
+returncode and a core flag into the fields for the other two; their small
+translators only say which returncode the kernel meant.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from . import _core
@@ -52,19 +54,6 @@ def from_returncode(pid: int, rc: int) -> ExitStatus:
     return _decode(pid, rc)
 
 
-def from_wait(
-    pid: int,
-    status: int,
-    utime: float | None = None,
-    stime: float | None = None,
-    maxrss: int | None = None,
-) -> ExitStatus:
-    """A wait status with rusage (``_core.reap_pid``, ``_core.reap_all``)."""
-    if os.WIFSIGNALED(status):
-        return _decode(pid, -os.WTERMSIG(status), os.WCOREDUMP(status), utime, stime, maxrss)
-    return _decode(pid, os.WEXITSTATUS(status), False, utime, stime, maxrss)
-
-
 def from_siginfo(pid: int, si_code: int, si_status: int) -> ExitStatus:
     """A ``waitid`` peek (``_core.peek``)."""
     if si_code == _core.CLD_EXITED_:
@@ -72,47 +61,9 @@ def from_siginfo(pid: int, si_code: int, si_status: int) -> ExitStatus:
     return _decode(pid, -si_status, si_code == _core.CLD_DUMPED_)
 
 
-_new = object.__new__
-_setattr = object.__setattr__
-
-
-def from_decoded(pid: int, rc: int, core: bool, utime: float, stime: float, maxrss: int) -> ExitStatus:
-    """A status the C reaper already decoded (``_core.reap_batch``): only
-    builds the object (the same one ``_decode`` makes, without the frozen
-    dataclass's per-field ``__setattr__`` detour; this runs once per exit)."""
-    es = _new(ExitStatus)
-    if rc < 0:
-        _setattr(
-            es,
-            "__dict__",
-            {
-                "pid": pid,
-                "returncode": rc,
-                "exit_code": None,
-                "signal": -rc,
-                "core_dumped": core,
-                "user_time": utime,
-                "system_time": stime,
-                "max_rss": maxrss,
-            },
-        )
-    else:
-        _setattr(
-            es,
-            "__dict__",
-            {
-                "pid": pid,
-                "returncode": rc,
-                "exit_code": rc,
-                "signal": None,
-                "core_dumped": False,
-                "user_time": utime,
-                "system_time": stime,
-                "max_rss": maxrss,
-            },
-        )
-    return es
-
+# The reaping calls of _core (reap_one, reap_batch, reap_checked) build
+# ExitStatus objects themselves, in C: no decoding left to Python per exit.
+_core.set_status_type(ExitStatus)
 
 # The watcher's "not exited after all" (identity-compared, never exposed).
 RUNNING = ExitStatus(0, 0, 0, None)

@@ -274,13 +274,12 @@ class Watcher:
         process, never a reused pid) with rusage: its status; ``early`` (from
         a peek) if someone reaped it since (no rusage then), None (lost) if
         it had no peek; RUNNING if it has not exited after all."""
-        try:
-            r = _core.reap_pid(pid, pidfd)
-        except ChildProcessError:
+        r = _core.reap_one(pid, pidfd)
+        if r is None:  # ECHILD
             return early
-        if r is None:  # cannot happen after a successful peek or pidfd event
+        if r is False:  # cannot happen after a successful peek or pidfd event
             return _status.RUNNING if early is None else early
-        return _status.from_wait(*r)
+        return r
 
     def signal_many(self, kids: list[Child], sig: int) -> None:
         """send_locked for each of kids (all watched here; lock held): those
@@ -342,6 +341,12 @@ class Watcher:
             raise
 
     def _process(self, tokens: list[int]) -> None:
+        if len(tokens) == 1:
+            tok = tokens[0]
+            c = self.children.get(tok) if tok >= 0 else None
+            if c is not None and c._owner.direct and tok in self.pidfd_of:
+                self.reap_direct(c)  # the one-exit hot path: no batch machinery
+                return
         batch: list[Child] | None = None
         for tok in tokens:
             if tok >= 0:
@@ -364,6 +369,26 @@ class Watcher:
                 self.sigchld.on_check_timer()
         if batch is not None:
             self.reap_batch(batch)
+
+    def reap_direct(self, c: Child) -> None:
+        """reap_batch for one plain-pid child (``Owner.direct``: no lock, no
+        peek, nothing to publish) whose pidfd said "exited" (lock held): one
+        C call reaps it through its pidfd, closes that and builds its
+        ExitStatus."""
+        if c._done():
+            return
+        pid = c.pid
+        # Out of the books before the C call closes it (see reap_batch).
+        fd = self.pidfd.take_one(pid)
+        try:
+            r = _core.reap_one(pid, fd, True)
+        except BaseException:
+            self.pidfd.give_back(pid, fd)  # still open: keep watching
+            raise
+        if r is False:  # not exited after all (cannot happen after a pidfd event)
+            self.pidfd.give_back(pid, fd)
+            return
+        self.finish(c, r)  # None: reaped behind our back, lost
 
     def reap_batch(self, kids: list[Child]) -> None:
         """Reap children whose pidfd said "exited" (lock held): one C call
@@ -430,9 +455,8 @@ class Watcher:
                     # the peeked status if there was a peek, else lost.
                     done.append((c, early.get(c.pid)))
                     continue
-                es = _status.from_decoded(*r)
-                c._owner.publish(es)
-                done.append((c, es))
+                c._owner.publish(r)
+                done.append((c, r))
         finally:
             for lk in locks:
                 lk.release()

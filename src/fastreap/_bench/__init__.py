@@ -58,13 +58,13 @@ C_REFERENCES: list[tuple[str, str]] = [
     ),
     (
         "C pidfd_open + poll (limit)",
-        "posix_spawn the stamping child, pidfd_open, poll on every live pidfd, waitpid: the "
-        "kernel's own notification with no interpreter in the way",
+        "posix_spawn the stamping child, pidfd_open, poll on every live pidfd, wait4 (with "
+        "rusage, as fastreap): the kernel's own notification with no interpreter in the way",
     ),
     (
         "C SIGCHLD self-pipe (limit)",
-        "a C SIGCHLD handler writes a pipe, poll on it, waitpid(-1, WNOHANG): the fastest "
-        "way to learn of exits without pidfds",
+        "a C SIGCHLD handler writes a pipe, poll on it, wait4(-1, WNOHANG) (with rusage, as "
+        "fastreap): the fastest way to learn of exits without pidfds",
     ),
     (
         "C limit: TERM all, reap to one deadline, KILL rest",

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +41,17 @@ static int64_t now_ns(void) {
 static int wait_pid_eintr(pid_t pid) {
     int status;
     while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return -1;
+    }
+    return 0;
+}
+
+/* wait4(pid, 0) with rusage: what fastreap's reap collects (the exit-latency
+ * limits do the same work, so the comparison is like for like). */
+static int wait4_pid_eintr(pid_t pid) {
+    int status;
+    struct rusage ru;
+    while (wait4(pid, &status, 0, &ru) < 0) {
         if (errno != EINTR) return -1;
     }
     return 0;
@@ -266,7 +278,7 @@ static int latency_loop(int mode, const char *path, int stamp_fd, int n, int liv
             while ((r = poll(pfds, (nfds_t)live, -1)) < 0 && errno == EINTR) {
             }
             e = errno;
-            if (r > 0) r = wait_pid_eintr(pid);
+            if (r > 0) r = wait4_pid_eintr(pid);
             t1 = now_ns();
             close(pfd);
             if (r < 0) {
@@ -276,10 +288,11 @@ static int latency_loop(int mode, const char *path, int stamp_fd, int n, int liv
         } else {
             for (;;) {
                 int st;
+                struct rusage ru;
                 pid_t got;
                 if (chld_wait(-1) < 0) goto out;
                 chld_drain();
-                while ((got = waitpid(-1, &st, WNOHANG)) > 0 && got != pid) {
+                while ((got = wait4(-1, &st, WNOHANG, &ru)) > 0 && got != pid) {
                 }
                 if (got == pid) break;
             }

@@ -109,6 +109,9 @@ void fr_wakefd_drain(int rfd) {
     ssize_t r;
     do {
         r = read(rfd, buf, sizeof buf);
+#if FASTREAP_LINUX
+        if (r > 0) break; /* an eventfd (fr_wakefd_open): one read takes the whole count */
+#endif
     } while (r > 0 || (r < 0 && errno == EINTR));
 }
 

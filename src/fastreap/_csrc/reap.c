@@ -16,8 +16,11 @@
 #include "reaper.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -122,6 +125,70 @@ int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_e
         /* Its exit was reported (oneshot, now disarmed) and it is gone: a
          * plain close, no EPOLL_CTL_DEL (see fr_poller_add_oneshot). */
         if (close_fds && pidfds[i] >= 0 && (r == 1 || (r < 0 && errno == ECHILD))) close(pidfds[i]);
+    }
+    return 0;
+}
+
+int fr_start_time(int pid, long long *out) {
+#if FASTREAP_LINUX
+    char path[48], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd;
+    do {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return (errno == ENOENT || errno == ESRCH) ? 0 : -1;
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    int e = errno;
+    close(fd);
+    if (n < 0) {
+        errno = e;
+        return (e == ENOENT || e == ESRCH) ? 0 : -1;
+    }
+    buf[n] = '\0';
+    /* The name (field 2) may hold spaces and ')': fields count from the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (p == NULL) goto bad;
+    p++;
+    for (int field = 2; field < 22; field++) { /* skip to the start of field 22 */
+        while (*p == ' ') p++;
+        if (field == 21) break;
+        while (*p != ' ' && *p != '\0') p++;
+        if (*p == '\0') goto bad;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (end == p || errno != 0) goto bad;
+    *out = (long long)v;
+    return 1;
+bad:
+    errno = EINVAL; /* unparsable: proves nothing */
+    return -1;
+#else
+    (void)pid;
+    (void)out;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int fr_reap_checked(const int *pids, const long long *starts, int n, fr_exit *out, int *res) {
+    for (int i = 0; i < n; i++) {
+        if (starts[i] >= 0) {
+            long long now = -1;
+            int r = fr_start_time(pids[i], &now);
+            /* Only a proven mismatch says no (unreadable proves nothing). */
+            if (r == 0 || (r == 1 && now != starts[i])) {
+                res[i] = FR_REAP_OTHER;
+                continue;
+            }
+        }
+        int r = reap_by_pid(pids[i], &out[i]);
+        res[i] = r < 0 ? -errno : r;
     }
     return 0;
 }

@@ -67,6 +67,17 @@ int fr_reap_all(fr_exit *out, int max);
  * pidfd of each one reaped (or gone: ECHILD) is closed, without deregistering
  * (it was registered oneshot and its exit reported). Returns 0. */
 int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_exit *out, int *res);
+/* The start time of pid (field 22 of /proc/<pid>/stat, clock ticks since
+ * boot) into *out: 1, 0 if there is no such process, -1 with errno if it
+ * could not be read (or no /proc: ENOSYS). */
+int fr_start_time(int pid, long long *out);
+/* The SIGCHLD path's batch: for each of n pids, unless starts[i] < 0
+ * (unknown), check that it is still the process that started then (another
+ * start time, or no such process: res[i] = FR_REAP_OTHER, not touched), then
+ * wait4(pid, WNOHANG) with rusage: res[i] = 1 reaped into out[i], 0 not
+ * exited, -errno (ECHILD: not or no longer ours). Returns 0. */
+#define FR_REAP_OTHER 2
+int fr_reap_checked(const int *pids, const long long *starts, int n, fr_exit *out, int *res);
 /* Watch pid in one call: pidfd_open (moved to >= floor), a WNOWAIT peek
  * through it (ECHILD: not our child), oneshot registration under token.
  * The pidfd, with *code = si_code once it has exited (0 while it runs) and

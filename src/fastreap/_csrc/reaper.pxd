@@ -16,6 +16,9 @@ cdef extern from "reaper.h" nogil:
     int fr_poller_add_oneshot(int pfd, int fd, int64_t token)
     int fr_poller_rearm(int pfd, int fd, int64_t token)
     int fr_reap_batch(const int *pids, const int *pidfds, int n, int close_fds, fr_exit *out, int *res)
+    const int FR_REAP_OTHER
+    int fr_start_time(int pid, long long *out)
+    int fr_reap_checked(const int *pids, const long long *starts, int n, fr_exit *out, int *res)
     int fr_watch_pidfd(int pfd, int pid, int floor, int64_t token, int *code, int *status)
     int fr_signal_batch(const int *pidfds, int n, int sig, int *res)
     int fr_poller_close_fd(int pfd, int fd)
