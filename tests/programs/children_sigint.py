@@ -7,8 +7,10 @@ import fastreap
 
 p = subprocess.Popen(["/bin/sleep", "60"])
 c = fastreap.watch(p)
-print("READY", flush=True)
 try:
+    # READY inside the try: on a loaded machine the SIGINT may land before
+    # wait() is entered, and must still end in INTERRUPTED, not a traceback.
+    print("READY", flush=True)
     c.wait()
 except KeyboardInterrupt:
     print("INTERRUPTED", flush=True)
