@@ -109,6 +109,26 @@ def test_max_tasks_per_child_n_replaces_workers(method: str) -> None:
     assert max(counts.values()) <= 2 and len(counts) >= 4
 
 
+class _MyInt(int):
+    pass
+
+
+def _ident(x: Any) -> Any:
+    return x
+
+
+_VALUES: list[Any] = [0, -5, 2**100, 1.5, 1j, True, "s", b"b", None, [1, "x"], {"a": (1,)}, _MyInt(7)]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=str)
+def test_results_of_every_kind_round_trip(mode: tuple[str, int | None]) -> None:
+    # Scalars take plain pickle, everything else multiprocessing's pickler.
+    with pool(mode) as ex:
+        got = list(ex.map(_ident, _VALUES))
+    assert got == _VALUES
+    assert [type(g) for g in got] == [type(v) for v in _VALUES]
+
+
 def _big(i: int, size: int) -> bytes:
     return bytes([i % 256]) * size + i.to_bytes(4, "big")
 

@@ -54,6 +54,7 @@ from typing import Any
 
 from . import _core, _watcher
 from ._children import ALL_EXITED, Child, ExitStatus, graceful_stop, wait, watch
+from ._owners import owner_of
 
 __all__ = ["Pool", "ProcessPoolExecutor", "WorkerDiedError"]
 
@@ -126,11 +127,23 @@ class _Worker:
         self.done = 0
 
 
+# A result of one of these exact types pickles the same with or without
+# multiprocessing's reducers (they add sockets, connections and the like):
+# plain pickle.dumps then spares the worker ForkingPickler's set-up (in a
+# fork-per-task child, fewer pages copied on write too).
+_SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
 def _result_message(tid: int, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    payload: tuple[Any, ...]
     try:
-        payload: tuple[Any, ...] = (tid, True, fn(*args, **kwargs), None)
+        value = fn(*args, **kwargs)
     except BaseException as e:
         payload = (tid, False, e, traceback.format_exc())
+    else:
+        if type(value) in _SCALARS:
+            return pickle.dumps((tid, True, value, None), pickle.HIGHEST_PROTOCOL)
+        payload = (tid, True, value, None)
     try:
         return _dumps(payload)
     except BaseException as e:
@@ -162,6 +175,26 @@ def _send_result(fd: int, tid: int, data: bytes) -> None:
         if last:
             return
         off = end
+
+
+_PID_OWNER = owner_of(1)  # a plain pid's owner: nobody else to tell
+
+
+def _watch_forked(pid: int) -> Child:
+    """``watch(pid)`` for a child this thread has just forked: a pid > 0 that
+    no other watched child can have (nobody has reaped it). The checks
+    watch() makes for any target are skipped; anything unusual takes watch()."""
+    w = _watcher.current()
+    with w.lock:
+        if pid not in w.children and not w.closed:
+            c = Child(pid, _PID_OWNER, w)
+            try:
+                w.add(c)  # registers it, and reaps it if it has exited already
+            except (ChildProcessError, ProcessLookupError):
+                pass  # nothing registered: watch() says what happened
+            else:
+                return c
+    return watch(pid)
 
 
 def _flush_std() -> None:
@@ -483,7 +516,7 @@ class ProcessPoolExecutor(Executor):
                     pass
             finally:
                 os._exit(code)
-        wk = self._add_worker(watch(pid), None, None, None, task)
+        wk = self._add_worker(_watch_forked(pid), None, None, None, task)
         self._busy[task.id] = wk
 
     def _read_results(self) -> None:
