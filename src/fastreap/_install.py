@@ -20,9 +20,11 @@ objects it found):
 * ``asyncio.unix_events._UnixSelectorEventLoop._make_subprocess_transport``:
   the same transport is built, but no child watcher is consulted (none is
   created, none is deprecated-warned about): the child's exit is delivered by
-  fastreap (a reader on the watcher's poller while the child runs, and a done
-  callback that calls ``transport._process_exited`` one loop iteration later,
-  as 3.10/3.11's watcher callback does). This is the one method every version
+  fastreap: the child is watched as its Popen starts, the loop reads the
+  watcher's poller through ``fastreap.aio``'s one reader per loop (shared with
+  ``aio.wait``, kept across children), and a done callback calls
+  ``transport._process_exited`` one loop iteration later, as 3.10/3.11's
+  watcher callback does. This is the one method every version
   3.10-3.14 shares with the same signature, including 3.14 which has no child
   watchers. Other loops (uvloop) are not touched, and on 3.10-3.13 a child
   watcher chosen explicitly with ``asyncio.set_child_watcher`` (anything but
