@@ -23,8 +23,8 @@ objects it found):
   fastreap: the child is watched as its Popen starts, the loop reads the
   watcher's poller through ``fastreap.aio``'s one reader per loop (shared with
   ``aio.wait``, kept across children), and a done callback calls
-  ``transport._process_exited`` one loop iteration later, as 3.10/3.11's
-  watcher callback does. This is the one method every version
+  ``transport._process_exited`` in the loop's next iteration, as asyncio's
+  own watchers do. This is the one method every version
   3.10-3.14 shares with the same signature, including 3.14 which has no child
   watchers. Other loops (uvloop) are not touched, and on 3.10-3.13 a child
   watcher chosen explicitly with ``asyncio.set_child_watcher`` (anything but
@@ -291,19 +291,21 @@ class _LoopExit:
             self.on_done(child)  # finished already
 
     def on_done(self, _c: Child) -> None:
-        # In whichever thread reaped it, with the watcher lock held: hand
-        # off, and let one loop iteration pass first so the pipes' last data
-        # is read before the exit is reported (as 3.10/3.11 do). From the
-        # loop's own thread (its reader, the usual case) no wake-up write
-        # is needed: the loop runs what is scheduled before it sleeps again.
+        # In whichever thread reaped it, with the watcher lock held: hand off
+        # to the loop's next iteration, as asyncio's own watchers do (3.12's
+        # PidfdChildWatcher from its reader, 3.10/3.11's ThreadedChildWatcher
+        # from its thread: one call_soon_threadsafe). From the loop's own
+        # thread (its reader, or a Popen start's poll_now: the usual cases) no
+        # wake-up write is needed: the loop runs what is scheduled before it
+        # sleeps again.
         loop = self.loop
         if loop.is_closed():
             return
         if loop._thread_id == threading.get_ident():
-            loop.call_soon(loop.call_soon, self.exited)
+            loop.call_soon(self.exited)
             return
         try:
-            loop.call_soon_threadsafe(loop.call_soon, self.exited)
+            loop.call_soon_threadsafe(self.exited)
         except RuntimeError:
             pass  # the loop closed meanwhile
 
