@@ -236,6 +236,47 @@ def test_asyncio_subprocess_watched_by_fastreap(backend: str, monkeypatch: pytes
 
 
 @pytest.mark.usefixtures("installed")
+def test_asyncio_child_reaped_by_another_thread(backend: str) -> None:
+    # Its exit reaches the loop from the thread that reaped it (a blocking
+    # wait on the same child), not only from the loop's own reader.
+    async def main() -> None:
+        p = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", "read x; exit 4", stdin=asyncio.subprocess.PIPE
+        )
+        popen = p._transport.get_extra_info("subprocess")  # type: ignore[attr-defined]
+        c = fastreap.watch(popen)
+        got: list[int | None] = []
+        t = threading.Thread(target=lambda: got.append(c.wait(60)))
+        t.start()
+        await asyncio.sleep(0.05)  # let the thread lead the wait
+        assert p.stdin is not None
+        p.stdin.write(b"x\n")
+        await p.stdin.drain()
+        assert await asyncio.wait_for(p.wait(), 60) == 4
+        await asyncio.get_running_loop().run_in_executor(None, t.join, 60)
+        assert got == [4] and popen.returncode == 4
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("installed")
+def test_asyncio_children_watched_once_as_they_start(backend: str) -> None:
+    # The Child made when the Popen started is the one asyncio's exit comes from.
+    async def main() -> None:
+        p = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", "read x; exit 6", stdin=asyncio.subprocess.PIPE
+        )
+        popen = p._transport.get_extra_info("subprocess")  # type: ignore[attr-defined]
+        c = popen.__dict__[_install._ATTR][1]
+        assert fastreap.watch(popen) is c  # running (reading stdin): still the watcher's
+        await p.communicate(b"x\n")
+        assert p.returncode == 6
+        assert c.returncode == 6
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("installed")
 def test_asyncio_wait_for_timeout_then_kill() -> None:
     async def main() -> None:
         p = await asyncio.create_subprocess_exec("/bin/sleep", "60")

@@ -109,6 +109,99 @@ def test_max_tasks_per_child_n_replaces_workers(method: str) -> None:
     assert max(counts.values()) <= 2 and len(counts) >= 4
 
 
+class _MyInt(int):
+    pass
+
+
+def _ident(x: Any) -> Any:
+    return x
+
+
+_VALUES: list[Any] = [0, -5, 2**100, 1.5, 1j, True, "s", b"b", None, [1, "x"], {"a": (1,)}, _MyInt(7)]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=str)
+def test_results_of_every_kind_round_trip(mode: tuple[str, int | None]) -> None:
+    # Scalars take plain pickle, everything else multiprocessing's pickler.
+    with pool(mode) as ex:
+        got = list(ex.map(_ident, _VALUES))
+    assert got == _VALUES
+    assert [type(g) for g in got] == [type(v) for v in _VALUES]
+
+
+def _big(i: int, size: int) -> bytes:
+    return bytes([i % 256]) * size + i.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("size", [0, 100, 32768 - 200, 32768 * 3 + 17, 1 << 20])
+def test_fork_per_task_results_of_any_size_arrive_whole(size: int) -> None:
+    # Results share one socket: chunks of several children interleave on it
+    # and must be put back together per task.
+    with pool(("fork", 1), workers=4) as ex:
+        got = list(ex.map(_big, range(12), [size] * 12))
+    assert got == [_big(i, size) for i in range(12)]
+
+
+def test_fork_per_task_result_bigger_than_the_socket_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chunk that does not fit the socket's buffer (EMSGSIZE) is halved
+    # until it does: set one far beyond any default buffer (children inherit it).
+    from fastreap import _pool
+
+    monkeypatch.setattr(_pool, "_CHUNK", 8 << 20)
+    with pool(("fork", 1), workers=2) as ex:
+        got = list(ex.map(_big, range(3), [3 << 20] * 3))
+    assert got == [_big(i, 3 << 20) for i in range(3)]
+
+
+def _log_running(path: str, t: float) -> None:
+    # O_APPEND writes of one byte are atomic and land in the order they happen.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"+")
+        time.sleep(t)
+        os.write(fd, b"-")
+    finally:
+        os.close(fd)
+
+
+def test_fork_per_task_runs_at_most_max_workers_tasks_at_once(tmp_path: Any) -> None:
+    # A child that has sent its result is replaced before it is reaped: the
+    # number of tasks running at once still never exceeds max_workers.
+    path = str(tmp_path / "log")
+    open(path, "wb").close()
+    with pool(("fork", 1), workers=3) as ex:
+        list(ex.map(_log_running, [path] * 30, [0.01] * 30))
+    with open(path, "rb") as f:
+        log = f.read()
+    assert log.count(b"+") == log.count(b"-") == 30
+    running = top = 0
+    for b in log:
+        running += 1 if b == ord("+") else -1
+        top = max(top, running)
+    assert 1 <= top <= 3
+
+
+def test_submit_from_many_threads_wakes_the_manager() -> None:
+    # Submissions write one wake-up byte per manager wake-up, not per call:
+    # none may be left unseen, whichever thread submits.
+    import threading
+
+    with pool(("fork", 1), workers=3) as ex:
+        futs: list[list[concurrent.futures.Future[int]]] = [[] for _ in range(4)]
+
+        def submit(i: int) -> None:
+            for j in range(25):
+                futs[i].append(ex.submit(_sq, i * 100 + j))
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(4):
+            assert [f.result(60) for f in futs[i]] == [(i * 100 + j) ** 2 for j in range(25)]
+
+
 def test_long_lived_workers_are_reused() -> None:
     with pool(("fork", None), workers=1) as ex:
         pids = {ex.submit(_pid).result(60) for _ in range(5)}

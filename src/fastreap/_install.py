@@ -20,9 +20,11 @@ objects it found):
 * ``asyncio.unix_events._UnixSelectorEventLoop._make_subprocess_transport``:
   the same transport is built, but no child watcher is consulted (none is
   created, none is deprecated-warned about): the child's exit is delivered by
-  fastreap (a reader on the watcher's poller while the child runs, and a done
-  callback that calls ``transport._process_exited`` one loop iteration later,
-  as 3.10/3.11's watcher callback does). This is the one method every version
+  fastreap: the child is watched as its Popen starts, the loop reads the
+  watcher's poller through ``fastreap.aio``'s one reader per loop (shared with
+  ``aio.wait``, kept across children), and a done callback calls
+  ``transport._process_exited`` in the loop's next iteration, as asyncio's
+  own watchers do. This is the one method every version
   3.10-3.14 shares with the same signature, including 3.14 which has no child
   watchers. Other loops (uvloop) are not touched, and on 3.10-3.13 a child
   watcher chosen explicitly with ``asyncio.set_child_watcher`` (anything but
@@ -48,6 +50,7 @@ from typing import Any
 
 from . import _fork, _watcher, aio
 from ._children import Child, ChildLostError, watch
+from ._owners import PopenOwner
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -59,9 +62,12 @@ _ATTR = "_fastreap_installed_watch"  # (pid of the watching process, Child)
 # Bound once: tests (CPython's test_subprocess) replace subprocess.Popen with
 # subclasses; the methods patched are the real class's.
 _Popen = subprocess.Popen
-# Set while asyncio's own code (an explicitly chosen child watcher) starts a
-# child: that watcher reaps it, fastreap must not watch it.
-_unwatched: contextvars.ContextVar[bool] = contextvars.ContextVar("fastreap_unwatched", default=False)
+# Who is starting a Popen: its own caller (_PLAIN), asyncio with a child
+# watcher chosen explicitly (_UNWATCHED: that watcher reaps it, fastreap must
+# not watch it), or asyncio under install() (_LOOP: watched as it starts, and
+# the transport takes that Child instead of watching again).
+_PLAIN, _UNWATCHED, _LOOP = 0, 1, 2
+_starting: contextvars.ContextVar[int] = contextvars.ContextVar("fastreap_starting", default=_PLAIN)
 
 
 def _watched(obj: Any) -> Child | None:
@@ -80,16 +86,41 @@ def _orig(cls: type, name: str) -> Any:
 
 
 def _popen_execute_child(self: Any, *args: Any, **kwargs: Any) -> None:
-    # What subprocess._cleanup() does for dropped Popens (it never sees ours:
-    # the watcher holds them): reap children that exited meanwhile, O(ready).
-    _watcher.current().poll_now()
+    starting = _starting.get()
+    if starting != _UNWATCHED:
+        # What subprocess._cleanup() does for dropped Popens (it never sees
+        # ours: the watcher holds them): reap children that exited meanwhile,
+        # O(ready). Also at an asyncio start, though the loop's reader would
+        # reap them too: a loop iteration that starts many children runs long
+        # (each start blocks until the exec), and reaping at each start hands
+        # their exits to the loop an iteration sooner (measured: faster).
+        _watcher.current().poll_now()
     _orig(_Popen, "_execute_child")(self, *args, **kwargs)
-    if _unwatched.get():
+    if starting == _UNWATCHED:
         return
     try:
-        self.__dict__[_ATTR] = (os.getpid(), watch(self))
+        self.__dict__[_ATTR] = (os.getpid(), _watch_new(self))
     except ChildProcessError:
         pass  # reaped by a waitpid(-1) elsewhere already: the stdlib code copes
+
+
+def _watch_new(p: Any) -> Child:
+    """``watch(p)`` for a Popen this process has just started: no
+    returncode, no lost child on it, and a pid nobody else has watched. The
+    checks watch() makes for any target are skipped; anything unusual (a
+    stale entry under its pid, an error) takes watch() itself."""
+    w = _watcher.current()
+    pid = p.pid
+    with w.lock:
+        if pid not in w.children and not w.closed:
+            c = Child(pid, PopenOwner(p), w)
+            try:
+                w.add(c)  # registers it, and reaps it if it has exited already
+            except (ChildProcessError, ProcessLookupError):
+                pass  # nothing registered: watch() finds out what happened
+            else:
+                return c
+    return watch(p)
 
 
 def _popen_wait(self: Any, timeout: float | None) -> int:
@@ -186,17 +217,21 @@ async def _make_subprocess_transport(
     **kwargs: Any,
 ) -> Any:
     if _user_watcher():
-        token = _unwatched.set(True)
+        token = _starting.set(_UNWATCHED)
         try:
             return await _orig(unix_events._UnixSelectorEventLoop, "_make_subprocess_transport")(
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
             )
         finally:
-            _unwatched.reset(token)
+            _starting.reset(token)
     waiter = self.create_future()
-    transp = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
-        self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
-    )
+    token = _starting.set(_LOOP)
+    try:
+        transp = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
+        )
+    finally:
+        _starting.reset(token)
     _deliver_exit(self, transp)
     try:
         await waiter
@@ -209,59 +244,98 @@ async def _make_subprocess_transport(
     return transp
 
 
+# asyncio's default child watchers (ThreadedChildWatcher and, from 3.12 where
+# pidfds work, PidfdChildWatcher): asyncio puts one of them on the policy at
+# its first subprocess, which is no choice of the user's. 3.14 has none.
+_DEFAULT_WATCHERS: tuple[type, ...] = tuple(
+    c
+    for c in (
+        getattr(unix_events, n, None)
+        for n in (
+            ("ThreadedChildWatcher", "PidfdChildWatcher")
+            if sys.version_info >= (3, 12)
+            else ("ThreadedChildWatcher",)
+        )
+    )
+    if isinstance(c, type)
+)
+
+
 def _user_watcher() -> bool:
     """3.10-3.13: a child watcher other than the defaults was chosen
-    (``asyncio.set_child_watcher``): respect it. The defaults are
-    ThreadedChildWatcher and, from 3.12 where pidfds work, PidfdChildWatcher:
-    asyncio puts one of them on the policy at its first subprocess, which is
-    no choice of the user's. 3.14 has none."""
-    policy = asyncio.events._event_loop_policy  # type: ignore[attr-defined]
-    w = getattr(policy, "_watcher", None)
-    names = (
-        ("ThreadedChildWatcher", "PidfdChildWatcher")
-        if sys.version_info >= (3, 12)
-        else ("ThreadedChildWatcher",)
-    )
-    defaults = tuple(c for c in (getattr(unix_events, n, None) for n in names) if c)
-    return w is not None and bool(defaults) and type(w) not in defaults
+    (``asyncio.set_child_watcher``): respect it."""
+    if not _DEFAULT_WATCHERS:
+        return False
+    w = getattr(asyncio.events._event_loop_policy, "_watcher", None)  # type: ignore[attr-defined]
+    return w is not None and type(w) not in _DEFAULT_WATCHERS
+
+
+class _LoopExit:
+    """Delivers one asyncio child's exit: ``transp._process_exited(rc)`` in
+    its loop once fastreap has reaped the child. Meanwhile the loop reads the
+    watcher's poller through aio's one reader per loop (shared with
+    ``aio.wait``, kept ``aio._IDLE`` s after the last user: a next child
+    costs no epoll_ctl on the loop's selector)."""
+
+    __slots__ = ("child", "loop", "proc", "transp", "w", "waits")
+
+    def __init__(self, loop: Any, transp: Any, child: Child) -> None:
+        self.loop = loop
+        self.transp = transp
+        self.proc = transp._proc
+        self.child = child
+        self.w = child._watcher
+        self.waits = aio._loop_waits(loop)
+        self.waits.acquire(loop, self.w)
+        if not _watcher.Watcher.subscribe(child, self.on_done):
+            self.on_done(child)  # finished already
+
+    def on_done(self, _c: Child) -> None:
+        # In whichever thread reaped it, with the watcher lock held: hand off
+        # to the loop's next iteration, as asyncio's own watchers do (3.12's
+        # PidfdChildWatcher from its reader, 3.10/3.11's ThreadedChildWatcher
+        # from its thread: one call_soon_threadsafe). From the loop's own
+        # thread (its reader, or a Popen start's poll_now: the usual cases) no
+        # wake-up write is needed: the loop runs what is scheduled before it
+        # sleeps again.
+        loop = self.loop
+        if loop.is_closed():
+            return
+        if loop._thread_id == threading.get_ident():
+            loop.call_soon(self.exited)
+            return
+        try:
+            loop.call_soon_threadsafe(self.exited)
+        except RuntimeError:
+            pass  # the loop closed meanwhile
+
+    def exited(self) -> None:
+        loop = self.loop
+        self.waits.release(loop, self.w)
+        c = self.child
+        if c._status is not None:
+            rc = c._status.returncode
+        else:  # lost: what asyncio's own watchers report for a child they cannot wait for
+            rc = self.proc.returncode if self.proc.returncode is not None else 255
+        if not loop.is_closed():
+            self.transp._process_exited(rc)
 
 
 def _deliver_exit(loop: asyncio.AbstractEventLoop, transp: Any) -> None:
     """Call transp._process_exited(returncode) in the loop once fastreap has
-    reaped the child; read the watcher's poller from the loop meanwhile."""
+    reaped the child (watched by _popen_execute_child as it started)."""
     proc = transp._proc
-    try:
-        c = watch(proc)
-    except ChildProcessError:
-        # Reaped elsewhere before we could watch it: what asyncio's own
-        # watchers report for a child they cannot wait for.
-        loop.call_soon(transp._process_exited, proc.returncode if proc.returncode is not None else 255)
-        return
-    w = _watcher.current()
-    wfd = w.fileno()
-    aio._mux(loop).add(wfd, w.poll_now)
-
-    def unsubscribe() -> None:
-        aio._mux(loop).remove(wfd, w.poll_now)
-
-    def exited() -> None:
-        unsubscribe()
-        rc = c.returncode if not c.lost else (proc.returncode if proc.returncode is not None else 255)
-        if not loop.is_closed():
-            transp._process_exited(rc)
-
-    def on_done(_c: Child) -> None:
-        # In whichever thread reaped it, with the watcher lock held: hand
-        # off, and let one loop iteration pass first so the pipes' last data
-        # is read before the exit is reported (as 3.10/3.11 do).
-        if loop.is_closed():
-            return
+    w = proc.__dict__.get(_ATTR)  # set just now, in this process, by _popen_execute_child
+    c = None if w is None else w[1]
+    if c is None:
         try:
-            loop.call_soon_threadsafe(loop.call_soon, exited)
-        except RuntimeError:
-            pass  # the loop closed meanwhile
-
-    c.add_done_callback(on_done)
+            c = watch(proc)
+        except ChildProcessError:
+            # Reaped elsewhere before we could watch it: what asyncio's own
+            # watchers report for a child they cannot wait for.
+            loop.call_soon(transp._process_exited, proc.returncode if proc.returncode is not None else 255)
+            return
+    _LoopExit(loop, transp, c)
 
 
 # -- install / uninstall ----------------------------------------------------

@@ -7,9 +7,12 @@ Two ways to run a task, chosen from the start method and max_tasks_per_child:
   method, the default on Linux before 3.14): each task gets its own
   ``os.fork()`` with the function and arguments already in its memory (no
   task pickling, no idle worker, no task queue); the child runs it, sends the
-  pickled result back through a pipe and exits. At most ``max_workers`` such
-  children run at once; the next one is forked as soon as the watcher reports
-  an exit.
+  pickled result back on a socket shared by all the pool's children
+  (``SOCK_SEQPACKET``: one whole message per write, so no pipe, descriptor or
+  selector registration per task) and exits. At most ``max_workers`` such
+  children run a task at once; the next one is forked as soon as a result
+  arrives (the child that sent it is only exiting; at most ``max_workers``
+  more may be exiting at a time) or the watcher reports an exit.
 * **long-lived workers** (spawn, forkserver, or fork with any other
   ``max_tasks_per_child``): ``mp_context.Process`` workers fed one task at a
   time through a pipe, each exiting after ``max_tasks_per_child`` tasks.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import itertools
 import logging
 import multiprocessing
@@ -36,6 +40,8 @@ import os
 import pickle
 import selectors
 import signal as _signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -48,6 +54,7 @@ from typing import Any
 
 from . import _core, _watcher
 from ._children import ALL_EXITED, Child, ExitStatus, graceful_stop, wait, watch
+from ._owners import owner_of
 
 __all__ = ["Pool", "ProcessPoolExecutor", "WorkerDiedError"]
 
@@ -57,6 +64,14 @@ _log = logging.getLogger("fastreap")
 # their own), workers get SIGTERM and, this much later, SIGKILL.
 _STOP_GRACE = 1.0
 _dumps = multiprocessing.reduction.ForkingPickler.dumps
+
+# Fork-per-task results travel on one SOCK_SEQPACKET socket pair shared by
+# the pool's children: each write is one message, delivered whole and never
+# interleaved with another child's. A result is sent in chunks of at most
+# _CHUNK bytes (fewer if the socket's buffer is smaller), each headed by the
+# task id and whether it is the last one.
+_HDR = struct.Struct("=qB")  # task id, last chunk
+_CHUNK = 32768
 
 
 class WorkerDiedError(BrokenProcessPool):
@@ -105,24 +120,81 @@ class _Worker:
 
     def __init__(self, child: Child, results: Any, tasks: Any, proc: Any) -> None:
         self.child = child
-        self.results = results  # Connection we read results from
+        self.results = results  # Connection we read results from (None: the shared result socket)
         self.tasks = tasks  # Connection we send tasks through (None: one fork per task)
         self.proc = proc  # the multiprocessing.Process (long-lived mode)
         self.task: _Task | None = None
         self.done = 0
 
 
+# A result of one of these exact types pickles the same with or without
+# multiprocessing's reducers (they add sockets, connections and the like):
+# plain pickle.dumps then spares the worker ForkingPickler's set-up (in a
+# fork-per-task child, fewer pages copied on write too).
+_SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
 def _result_message(tid: int, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    payload: tuple[Any, ...]
     try:
-        payload: tuple[Any, ...] = (tid, True, fn(*args, **kwargs), None)
+        value = fn(*args, **kwargs)
     except BaseException as e:
         payload = (tid, False, e, traceback.format_exc())
+    else:
+        if type(value) in _SCALARS:
+            return pickle.dumps((tid, True, value, None), pickle.HIGHEST_PROTOCOL)
+        payload = (tid, True, value, None)
     try:
         return _dumps(payload)
     except BaseException as e:
         what = "result" if payload[1] else "exception"
         err = pickle.PicklingError(f"the task's {what} could not be pickled: {e!r}")
         return _dumps((tid, False, err, traceback.format_exc()))
+
+
+def _send_result(fd: int, tid: int, data: bytes) -> None:
+    """In a fork-per-task child: send data (a pickled result message) on the
+    shared result socket, as one or more whole messages."""
+    view = memoryview(data)
+    n = len(data)
+    chunk = _CHUNK
+    off = 0
+    while True:
+        end = off + chunk
+        last = end >= n
+        part = view[off:end]
+        try:
+            sent = os.writev(fd, [_HDR.pack(tid, last), part])
+        except OSError as e:
+            if e.errno == errno.EMSGSIZE and chunk > 256:
+                chunk //= 2  # the socket's buffer is smaller than a chunk
+                continue
+            raise
+        if sent != _HDR.size + len(part):  # pragma: no cover - SOCK_SEQPACKET writes are whole
+            raise OSError(errno.EIO, "short write on the pool's result socket")
+        if last:
+            return
+        off = end
+
+
+_PID_OWNER = owner_of(1)  # a plain pid's owner: nobody else to tell
+
+
+def _watch_forked(pid: int) -> Child:
+    """``watch(pid)`` for a child this thread has just forked: a pid > 0 that
+    no other watched child can have (nobody has reaped it). The checks
+    watch() makes for any target are skipped; anything unusual takes watch()."""
+    w = _watcher.current()
+    with w.lock:
+        if pid not in w.children and not w.closed:
+            c = Child(pid, _PID_OWNER, w)
+            try:
+                w.add(c)  # registers it, and reaps it if it has exited already
+            except (ChildProcessError, ProcessLookupError):
+                pass  # nothing registered: watch() says what happened
+            else:
+                return c
+    return watch(pid)
 
 
 def _flush_std() -> None:
@@ -213,9 +285,18 @@ class ProcessPoolExecutor(Executor):
         self._stop_at: float | None = None
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
+        self._wake_pending = False  # a byte is in the wake-up pipe the manager has not read yet
         self._exits: collections.deque[Child] = collections.deque()
         self._workers: dict[Child, _Worker] = {}
         self._idle: list[_Worker] = []
+        # Fork-per-task mode: the shared result socket (manager end, children's
+        # end), the children still running a task by task id, and the chunks
+        # of results not yet complete.
+        self._res_r: socket.socket | None = None
+        self._res_w: socket.socket | None = None
+        self._busy: dict[int, _Worker] = {}
+        self._partial: dict[int, list[bytes]] = {}
+        self._buf = bytearray(0)
 
     # -- public API ----------------------------------------------------------
 
@@ -280,15 +361,33 @@ class ProcessPoolExecutor(Executor):
         self._wake_r, self._wake_w = r, w
         t = threading.Thread(target=self._run, name="fastreap-pool", daemon=True)
         try:
+            if self._fork_per_task:
+                self._res_r, self._res_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                self._res_r.setblocking(False)
+                self._buf = bytearray(_HDR.size + _CHUNK)
             t.start()
         except BaseException:
             os.close(r)
             os.close(w)
+            self._close_results()
             raise
         self._thread = t
         _live_pools.add(self)
 
+    def _close_results(self) -> None:
+        for sock in (self._res_r, self._res_w):
+            if sock is not None:
+                sock.close()
+        self._res_r = self._res_w = None
+
     def _wake(self) -> None:
+        # One byte per manager wake-up, not per call (a map() of 1,000 tasks
+        # would otherwise write 1,000): the manager clears the flag before it
+        # drains the pipe and then looks at the queue, so whatever was queued
+        # before a write that was skipped is seen.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
@@ -307,6 +406,8 @@ class ProcessPoolExecutor(Executor):
         w = _watcher.current()
         pfd = w.fileno()
         sel.register(pfd, selectors.EVENT_READ, w)
+        if self._res_r is not None:
+            sel.register(self._res_r, selectors.EVENT_READ, self._res_r)
         try:
             self._loop(sel, w)
         except BaseException as e:  # pragma: no cover - a bug: do not leave futures hanging
@@ -318,6 +419,7 @@ class ProcessPoolExecutor(Executor):
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_r = self._wake_w = -1
+                self._close_results()
             _live_pools.discard(self)
 
     def _loop(self, sel: selectors.BaseSelector, w: Any) -> None:
@@ -340,6 +442,7 @@ class ProcessPoolExecutor(Executor):
                     continue
             for key, _ev in sel.select(timeout):
                 if key.data is None:
+                    self._wake_pending = False  # first: see _wake
                     try:
                         while os.read(self._wake_r, 4096):
                             pass
@@ -347,6 +450,8 @@ class ProcessPoolExecutor(Executor):
                         pass
                 elif key.data is w:
                     w.poll_now()
+                elif key.data is self._res_r:
+                    self._read_results()
                 else:
                     self._read_result(key.data)
 
@@ -356,7 +461,10 @@ class ProcessPoolExecutor(Executor):
                 if not self._queue:
                     return
                 if self._fork_per_task:
-                    if len(self._workers) >= self._max_workers:
+                    # A child that has sent its result is only exiting: its
+                    # successor starts meanwhile. Those exiting are bounded
+                    # too (one blocked flushing its stdout, say).
+                    if len(self._busy) >= self._max_workers or len(self._workers) >= 2 * self._max_workers:
                         return
                     worker = None
                 elif self._idle:
@@ -389,21 +497,15 @@ class ProcessPoolExecutor(Executor):
                 pass  # it died: its exit fails the task
 
     def _fork_task(self, task: _Task) -> None:
-        r, wfd = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = os.fork()
-        except BaseException:
-            os.close(r)
-            os.close(wfd)
-            raise
+        assert self._res_w is not None
+        wfd = self._res_w.fileno()
+        pid = os.fork()
         if pid == 0:  # pragma: no cover - the child (coverage does not follow os._exit)
             code = 0
             try:
-                os.close(r)
                 if self._initializer is not None:
                     self._initializer(*self._initargs)
-                data = _result_message(task.id, task.fn, task.args, task.kwargs)
-                multiprocessing.connection.Connection(wfd, readable=False).send_bytes(data)
+                _send_result(wfd, task.id, _result_message(task.id, task.fn, task.args, task.kwargs))
                 _flush_std()
             except BaseException:
                 code = 1
@@ -414,9 +516,35 @@ class ProcessPoolExecutor(Executor):
                     pass
             finally:
                 os._exit(code)
-        os.close(wfd)
-        conn = multiprocessing.connection.Connection(r, writable=False)
-        self._add_worker(watch(pid), conn, None, None, task)
+        wk = self._add_worker(_watch_forked(pid), None, None, None, task)
+        self._busy[task.id] = wk
+
+    def _read_results(self) -> None:
+        """Fork-per-task mode: take every message waiting on the result socket."""
+        sock = self._res_r
+        if sock is None:
+            return
+        buf = self._buf
+        hdr = _HDR.size
+        while True:
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            tid, last = _HDR.unpack_from(buf)
+            part = bytes(buf[hdr:n])
+            if not last:
+                self._partial.setdefault(tid, []).append(part)
+                continue
+            chunks = self._partial.pop(tid, None)
+            if chunks is not None:
+                chunks.append(part)
+                part = b"".join(chunks)
+            wk = self._busy.pop(tid, None)
+            if wk is None:  # pragma: no cover - a protocol bug
+                _log.error("fastreap: a pool child sent a result for an unknown task %d", tid)
+                continue
+            self._deliver(wk, part)
 
     def _start_worker(self) -> _Worker:
         ctx = self._ctx
@@ -442,23 +570,30 @@ class ProcessPoolExecutor(Executor):
         wk = _Worker(child, results, tasks, proc)
         wk.task = task
         self._workers[child] = wk
-        self._sel.register(results.fileno(), selectors.EVENT_READ, wk)
-        child.add_done_callback(self._on_exit)
+        if results is not None:
+            self._sel.register(results.fileno(), selectors.EVENT_READ, wk)
+        if not _watcher.Watcher.subscribe(child, self._on_exit):
+            self._on_exit(child)  # exited already
         return wk
 
     def _read_result(self, wk: _Worker) -> bool:
-        """Read one message from wk; False at end of file."""
+        """Read one message from wk (long-lived mode); False at end of file."""
         try:
             data = wk.results.recv_bytes()
         except (EOFError, OSError):
             self._unregister(wk)
             return False
+        self._deliver(wk, data)
+        return True
+
+    def _deliver(self, wk: _Worker, data: bytes) -> None:
+        """wk's task has sent its result message: resolve the task's future."""
         tid, ok, value, tb = pickle.loads(data)
         task, wk.task = wk.task, None
         wk.done += 1
         if task is None or task.id != tid:  # pragma: no cover - a protocol bug
             _log.error("fastreap: pool worker %d sent a result for an unknown task", wk.child.pid)
-            return True
+            return
         if ok:
             task.future.set_result(value)
         else:
@@ -467,33 +602,42 @@ class ProcessPoolExecutor(Executor):
             task.future.set_exception(value)
         if wk.tasks is not None and (self._limit is None or wk.done < self._limit) and not wk.child.lost:
             self._idle.append(wk)
-        return True
 
     def _unregister(self, wk: _Worker) -> None:
+        if wk.results is None:
+            return
         try:
             self._sel.unregister(wk.results.fileno())
         except (KeyError, ValueError, OSError):
             pass  # already (at end of file)
 
     def _reap_exits(self) -> None:
+        if self._exits and self._busy:
+            # Whatever a child sent before exiting is on the socket: take it first.
+            self._read_results()
         while self._exits:
             child = self._exits.popleft()
             wk = self._workers.pop(child, None)
             if wk is None:
                 continue
-            if wk in self._idle:
-                self._idle.remove(wk)
-            # Whatever it wrote before exiting is in the pipe: take it first.
-            try:
-                while wk.task is not None and wk.results.poll():
-                    if not self._read_result(wk):
-                        break
-            except OSError:
-                pass
-            if wk in self._idle:
-                self._idle.remove(wk)
-            self._unregister(wk)
-            wk.results.close()
+            if wk.results is None:  # fork-per-task
+                if wk.task is not None:
+                    self._busy.pop(wk.task.id, None)
+                    self._partial.pop(wk.task.id, None)
+            else:
+                if wk in self._idle:
+                    self._idle.remove(wk)
+                # Whatever it wrote before exiting is in the pipe: take it first.
+                try:
+                    while wk.task is not None and wk.results.poll():
+                        if not self._read_result(wk):
+                            break
+                except OSError:
+                    pass
+                if wk in self._idle:
+                    self._idle.remove(wk)
+                self._unregister(wk)
+                wk.results.close()
             if wk.tasks is not None:
                 wk.tasks.close()
             if wk.proc is not None:
@@ -548,7 +692,8 @@ class ProcessPoolExecutor(Executor):
         if kids:
             graceful_stop(kids, _STOP_GRACE)
         for wk in self._workers.values():
-            wk.results.close()
+            if wk.results is not None:
+                wk.results.close()
             if wk.tasks is not None:
                 wk.tasks.close()
 

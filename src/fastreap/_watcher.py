@@ -164,7 +164,7 @@ class Watcher:
             if peeked is not False:
                 self.children[pid] = child
                 if peeked is not None:
-                    self.try_reap(child)
+                    self.try_reap(child, True)  # peeked: exited (its pidfd says so too)
                 return
             _core.peek(pid)  # ChildProcessError if not ours
         self.register(child)
