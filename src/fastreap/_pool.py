@@ -382,9 +382,10 @@ class ProcessPoolExecutor(Executor):
 
     def _wake(self) -> None:
         # One byte per manager wake-up, not per call (a map() of 1,000 tasks
-        # would otherwise write 1,000): the manager clears the flag before it
-        # drains the pipe and then looks at the queue, so whatever was queued
-        # before a write that was skipped is seen.
+        # would otherwise write 1,000): the manager drains the pipe, then
+        # clears the flag, then looks at the queue. A call that finds the flag
+        # set queued its work before that clear, so the manager sees it; a
+        # call that finds it clear writes a byte the drain has not eaten.
         if self._wake_pending:
             return
         self._wake_pending = True
@@ -442,12 +443,16 @@ class ProcessPoolExecutor(Executor):
                     continue
             for key, _ev in sel.select(timeout):
                 if key.data is None:
-                    self._wake_pending = False  # first: see _wake
+                    # Drain first, then clear the flag (see _wake). The other
+                    # order loses a wake-up: a byte written between the clear
+                    # and the drain is eaten while the flag stays set, and no
+                    # later _wake() writes again.
                     try:
                         while os.read(self._wake_r, 4096):
                             pass
                     except BlockingIOError:
                         pass
+                    self._wake_pending = False
                 elif key.data is w:
                     w.poll_now()
                 elif key.data is self._res_r:
