@@ -350,15 +350,19 @@ def test_reap_waits_for_a_popen_between_fork_and_pid(backend: str) -> None:
     assert p.returncode == 3
 
 
-def test_reap_ignores_a_popen_whose_construction_failed(backend: str) -> None:
+def test_reap_waits_once_for_a_popen_whose_construction_failed(backend: str) -> None:
     """A Popen that failed before forking (kept alive here by its traceback)
-    is not "being made": reap() does not wait for its pid."""
+    looks like one being made; reap() waits for its pid once (bounded), then
+    never again."""
     from fastreap import _children
 
+    argv = ["fastreap-test-never-started"]
     try:
-        subprocess.Popen(["true"], env={"A": 1})  # type: ignore[dict-item]
+        subprocess.Popen(argv, env={"A": 1})  # type: ignore[dict-item]
     except TypeError as e:
         tb = e.__traceback__
-    making = _children._live_owners()[2]
-    assert making == []
-    del tb
+    mine = [o for o in _children._live_owners()[2] if o.args is argv]
+    assert len(mine) == 1 and mine[0].pid is None
+    _children._await_pids(mine, 0.01)
+    assert not [o for o in _children._live_owners()[2] if o.args is argv]
+    del tb, mine

@@ -15,6 +15,7 @@ import signal as _signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal, TypedDict, Union
 
@@ -388,21 +389,30 @@ def _await_pids(making: list[Any], limit: float) -> None:
     ``making`` has its ``pid`` set, or has finished."""
     deadline = time.monotonic() + limit
     step = 0.0005
-    while any(not isinstance(getattr(o, "pid", None), int) for o in making):
+    while True:
+        late = [
+            o
+            for o in making
+            if not isinstance(getattr(o, "pid", None), int) and getattr(o, "returncode", None) is None
+        ]
         left = deadline - time.monotonic()
-        if left <= 0:
-            return
+        if not late or left <= 0:
+            break
         time.sleep(min(step, left))
         step = min(step * 2, 0.01)
+    # Never waited for again: a Popen whose construction failed before its
+    # fork (kept alive by a traceback), or one copied into a fork child
+    # mid-construction, would otherwise cost every reap() this pause.
+    for o in late:
+        _stale.add(o)
 
 
 # How long reap() lets a Popen that is being made (fork done, pid not yet set)
 # finish, before taking an unknown zombie: far longer than the microseconds it
 # needs, so that a loaded machine's scheduling delay does not lose its status.
 _MAKING_WAIT = 0.5
-# Where a Popen (subprocess's, or multiprocessing's fork/spawn ones) is
-# between "constructed" and "has its pid".
-_MAKING_FRAMES = frozenset(("__init__", "_execute_child", "_launch"))
+# Popens that once outlasted _MAKING_WAIT without a pid (weakly held).
+_stale: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _live_owners() -> tuple[dict[int, Any], set[int], list[Any]]:
@@ -411,14 +421,14 @@ def _live_owners() -> tuple[dict[int, Any], set[int], list[Any]]:
     ``multiprocessing`` Popen whose Process is not yet in ``_children``);
     and the Popens being made right now (between fork and ``self.pid``).
 
-    Found through the threads' stacks (Popens being made),
-    ``multiprocessing.process._children`` (every started, unjoined Process),
-    ``subprocess._active`` (Popens dropped while running), and a scan of the
-    garbage collector's objects for ``Popen`` instances (paid once per
-    ``reap()`` call, only when a zombie is not watched). Not protected: a
-    Popen whose maker does not set its pid within ``_MAKING_WAIT``, children
-    made with ``os.fork``/``os.posix_spawn`` by other code, objects the
-    collector does not track."""
+    Found through ``multiprocessing.process._children`` (every started,
+    unjoined Process), ``subprocess._active`` (Popens dropped while running),
+    and a scan of the garbage collector's objects for ``Popen`` instances
+    (paid once per ``reap()`` call, only when a zombie is not watched). Not
+    protected: a Popen whose maker does not set its pid within
+    ``_MAKING_WAIT`` (it is not waited for again), children made with
+    ``os.fork``/``os.posix_spawn`` by other code, objects the collector does
+    not track."""
     import gc
     import multiprocessing.process as mpp
 
@@ -428,34 +438,33 @@ def _live_owners() -> tuple[dict[int, Any], set[int], list[Any]]:
     out: dict[int, Any] = {}
     hold: set[int] = set()
     making: list[Any] = []
-    # First (so that a pid set meanwhile is seen by the scans below): the
-    # Popens a live thread is making right now (in __init__ or its launch,
-    # before ``self.pid``), found on the threads' stacks -- so a Popen whose
-    # construction failed (kept alive by a traceback), or one copied into a
-    # fork child mid-construction, never counts.
-    kinds = (_Popen,) if mp_popen is None else (_Popen, mp_popen)
-    me = sys._getframe()
-    for frame in sys._current_frames().values():
-        f: Any = frame
-        while f is not None and f is not me:
-            if f.f_code.co_name in _MAKING_FRAMES:
-                o = f.f_locals.get("self")
-                if isinstance(o, kinds) and not isinstance(getattr(o, "pid", None), int):
-                    making.append(o)
-                    break
-            f = f.f_back
     for p in list(getattr(mpp, "_children", ())):
         popen = getattr(p, "_popen", None)
         if popen is not None and popen.returncode is None and isinstance(p.pid, int):
             out[p.pid] = p
-    for o in gc.get_objects():
-        if isinstance(o, _Popen):
-            if o.returncode is None and isinstance(getattr(o, "pid", None), int):
+    # The collector's list holds every tracked object while it lives: filter
+    # it in C, in one call (no bytecode runs, so no other thread runs while
+    # it is alive). Held longer, it would keep alive objects that other
+    # threads are dropping, memoryviews among them (their exporters then
+    # fail to resize: BufferError).
+    popens: list[Any] = list(filter(_Popen.__instancecheck__, gc.get_objects()))
+    mp_popens: list[Any] = (
+        [] if mp_popen is None else list(filter(mp_popen.__instancecheck__, gc.get_objects()))
+    )
+    for o in popens:  # (attributes read with getattr: __init__ may not have set them yet)
+        if getattr(o, "returncode", None) is None:
+            if isinstance(getattr(o, "pid", None), int):
                 out.setdefault(o.pid, o)
-        elif mp_popen is not None and isinstance(o, mp_popen) and o.returncode is None:
+            elif o not in _stale:
+                making.append(o)  # being made (its child may be the zombie), or failed
+    for o in mp_popens:
+        if getattr(o, "returncode", None) is None:
             pid = getattr(o, "pid", None)
-            if isinstance(pid, int) and pid not in out:
-                hold.add(pid)
+            if isinstance(pid, int):
+                if pid not in out:
+                    hold.add(pid)
+            elif o not in _stale:
+                making.append(o)
     for o in list(getattr(subprocess, "_active", None) or ()):
         if isinstance(o, _Popen) and o.returncode is None and isinstance(o.pid, int):
             out.setdefault(o.pid, o)

@@ -480,9 +480,14 @@ class Watcher:
                 # Collect exits that already happened (timeout 0 must see them,
                 # also those whose SIGCHLD was coalesced: run an owed check).
                 # With only pidfd/kqueue children and time to wait, the
-                # leader's own poller_wait below sees the same at once.
+                # leader's own poller_wait below sees the same at once; a
+                # wait with time left leaves an owed check to its timer (armed
+                # for when SIGCHLDs are quiet, 5 ms): run here, its scan of
+                # every child (the kernel's, for the zombie peek) would land
+                # in each back-to-back wait and make an exit's cost grow with
+                # the number of live children.
                 self.process(_core.poller_wait(self.pfd, 0.0))
-                if self.sigchld.check_owed and not pred():
+                if self.sigchld.check_owed and not pred() and deadline.remaining() == 0.0:
                     self.sigchld.loss_check()
             while not pred():
                 remaining = deadline.remaining()  # -1.0: forever
