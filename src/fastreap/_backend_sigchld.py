@@ -82,6 +82,10 @@ class SigchldBackend:
         self.w = watcher
         # pid -> start time (None: unknown) of every child on this path
         self.starts: dict[int, int | None] = {}
+        # Those of them with an owner that may reap them itself (a Popen, a
+        # Process): the periodic check asks only these (a plain pid's owner
+        # never knows a returncode), so its cost does not grow with them all.
+        self.owned: set[int] = set()
         self.installed = False  # our C handler is on SIGCHLD (kept across swaps and forks)
         self.tfd = -1  # the loss check's timer (Linux)
         self.check_owed = False
@@ -134,10 +138,12 @@ class SigchldBackend:
                 self.ignored = self.gone = False
         self.prepare()
 
-    def register(self, pid: int) -> None:
+    def register(self, pid: int, direct: bool = True) -> None:
         self._ensure()
         start = _procfs.start_time(pid)
         self.starts[pid] = None if start == _procfs.UNKNOWN else start
+        if not direct:
+            self.owned.add(pid)
         if self.due == 0.0:
             self._schedule(time.monotonic())
 
@@ -187,6 +193,7 @@ class SigchldBackend:
 
     def forget(self, pid: int) -> None:
         self.starts.pop(pid, None)
+        self.owned.discard(pid)
 
     def same_process(self, pid: int) -> bool:
         """False if pid now names another process (our child was reaped
@@ -284,7 +291,7 @@ class SigchldBackend:
                 w.try_reap(w.children[pid])
             self.scan_due = now + max(_SCAN_EVERY, 500 * (time.monotonic() - now))
             return
-        for pid in list(self.starts):
+        for pid in list(self.owned):
             c = w.children[pid]
             if c._owner.returncode() is not None:
                 w.try_reap(c)

@@ -150,7 +150,7 @@ class Watcher:
         elif self.kqueue is not None:
             self.kqueue.register(pid)
         else:
-            self.sigchld.register(pid)
+            self.sigchld.register(pid, owner.direct)
         self.children[pid] = child
 
     def add(self, child: Child) -> None:
