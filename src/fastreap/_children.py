@@ -299,18 +299,30 @@ def wait(
     if kids:
         w = _watcher.current()
         if return_when == FIRST_EXITED:
-            seen, found = -1, False
+            # The result sets are made before blocking: when one exit of
+            # ours (the only finish in w since we started, with every child
+            # w's) ends the wait, that child just moves across.
+            pending = set(kids)
+            ours = all(c._watcher is w for c in kids)
+            start = w.finished
+            seen = -1
+            hit: Child | None = None
 
             def pred() -> bool:
                 # Scan only when some child has finished since the last look.
-                nonlocal seen, found
-                if w.finished != seen:
+                nonlocal seen, hit
+                if hit is None and w.finished != seen:
                     seen = w.finished
                     for c in kids:
                         if c._status is not None or c._lost:
-                            found = True
+                            hit = c
                             break
-                return found
+                return hit is not None
+
+            w.wait_until(pred, deadline)
+            if hit is not None and ours and w.finished == start + 1:
+                pending.discard(hit)
+                return {hit}, pending
         else:
             pending_kids = list(kids)
 
@@ -321,7 +333,7 @@ def wait(
                     pending_kids.pop()
                 return not pending_kids
 
-        w.wait_until(pred, deadline)
+            w.wait_until(pred, deadline)
     done = {c for c in kids if c._status is not None or c._lost}
     return done, set(kids) - done
 

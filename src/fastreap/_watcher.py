@@ -71,7 +71,6 @@ class Watcher:
         self.callbacks: dict[Child, list[Callable[[Child], None]]] = {}
         self.followers = 0  # threads in cond.wait() behind the leader
         self.finished = 0  # children finished (reaped or lost): wait() predicates' generation
-        self.reaped = 0
         self.escalations = 0
         self.lost = 0
         enabled = BACKEND != "sigchld" and _core.IS_LINUX and _core.have_pidfd()
@@ -85,6 +84,11 @@ class Watcher:
     def closed(self) -> bool:
         """Closed, or a parent's (we are a fork child of the process that made it)."""
         return self._closed or self.gen != _fork.generation()
+
+    @property
+    def reaped(self) -> int:
+        """Children finished with a status (the others were lost)."""
+        return self.finished - self.lost
 
     @property
     def backend(self) -> str:
@@ -189,13 +193,15 @@ class Watcher:
     def finish(self, child: Child, status: ExitStatus | None) -> None:
         """Record a child's end (lock held) and wake everyone waiting."""
         self._forget(child)
+        self._finished(child, status)
+
+    def _finished(self, child: Child, status: ExitStatus | None) -> None:
+        """finish() once the child is out of the books (``_forget``)."""
         self.finished += 1
         child._finish(status)
         if status is None:
             self.lost += 1
             child._owner.mark_lost(child)
-        else:
-            self.reaped += 1
         if self.followers:
             self.cond.notify_all()
         callbacks = self.callbacks.pop(child, None) if self.callbacks else None
@@ -342,10 +348,10 @@ class Watcher:
 
     def _process(self, tokens: list[int]) -> None:
         if len(tokens) == 1:
-            tok = tokens[0]
-            c = self.children.get(tok) if tok >= 0 else None
-            if c is not None and c._owner.direct and tok in self.pidfd_of:
-                self.reap_direct(c)  # the one-exit hot path: no batch machinery
+            # The one-exit hot path: no batch machinery. (WAKE and CHECK
+            # are negative: never a child's pid.)
+            c = self.children.get(tokens[0])
+            if c is not None and c._owner.direct and self.reap_direct(c):
                 return
         batch: list[Child] | None = None
         for tok in tokens:
@@ -370,25 +376,39 @@ class Watcher:
         if batch is not None:
             self.reap_batch(batch)
 
-    def reap_direct(self, c: Child) -> None:
+    def reap_direct(self, c: Child) -> bool:
         """reap_batch for one plain-pid child (``Owner.direct``: no lock, no
-        peek, nothing to publish) whose pidfd said "exited" (lock held): one
-        C call reaps it through its pidfd, closes that and builds its
-        ExitStatus."""
-        if c._done():
-            return
+        peek, nothing to publish) whose poller token was reported (lock
+        held): one C call reaps it through its pidfd, closes that and builds
+        its ExitStatus; then finish(), inlined for this case (the exit-to-
+        reaped hot path: its Python steps are its latency). False, and
+        nothing done, if it has no pidfd (the caller takes the general path)."""
         pid = c.pid
         # Out of the books before the C call closes it (see reap_batch).
-        fd = self.pidfd.take_one(pid)
+        # (Finished children are out of them: none of those gets here.)
+        fd = self.pidfd_of.pop(pid, -1)
+        if fd < 0:
+            return False
+        pidfd = self.pidfd
+        pidfd.count -= 1
         try:
             r = _core.reap_one(pid, fd, True)
         except BaseException:
-            self.pidfd.give_back(pid, fd)  # still open: keep watching
+            pidfd.give_back(pid, fd)  # still open: keep watching
             raise
         if r is False:  # not exited after all (cannot happen after a pidfd event)
-            self.pidfd.give_back(pid, fd)
-            return
-        self.finish(c, r)  # None: reaped behind our back, lost
+            pidfd.give_back(pid, fd)
+            return True
+        # finish(c, r): _forget's work is done (a direct pidfd child has no
+        # other registration: no sentinel, SIGCHLD start time or kqueue
+        # filter), and with nobody to wake or call back, _finished's is this.
+        del self.children[pid]
+        if r is None or self.followers or self.callbacks:
+            self._finished(c, r)  # lost (None: reaped behind our back), or others to tell
+        else:
+            self.finished += 1
+            c._status = r
+        return True
 
     def reap_batch(self, kids: list[Child]) -> None:
         """Reap children whose pidfd said "exited" (lock held): one C call
@@ -469,13 +489,16 @@ class Watcher:
         """Block until pred() (checked with the lock held) or the deadline.
         One thread at a time waits in the poller with the GIL and the lock
         released; the others sleep on the condition until it has news."""
-        with self.lock:
+        lock = self.lock
+        sigchld = self.sigchld
+        deferred = self.pidfd.deferred
+        with lock:
             self.check_open()
             if (
                 not pred()
                 and self.pfd >= 0
                 and not self.leading
-                and (self.sigchld.starts or deadline.remaining() == 0.0)
+                and (sigchld.starts or deadline.remaining() == 0.0)
             ):
                 # Collect exits that already happened (timeout 0 must see them,
                 # also those whose SIGCHLD was coalesced: run an owed check).
@@ -487,8 +510,8 @@ class Watcher:
                 # in each back-to-back wait and make an exit's cost grow with
                 # the number of live children.
                 self.process(_core.poller_wait(self.pfd, 0.0))
-                if self.sigchld.check_owed and not pred() and deadline.remaining() == 0.0:
-                    self.sigchld.loss_check()
+                if sigchld.check_owed and not pred() and deadline.remaining() == 0.0:
+                    sigchld.loss_check()
             while not pred():
                 remaining = deadline.remaining()  # -1.0: forever
                 if remaining == 0.0:
@@ -501,27 +524,35 @@ class Watcher:
                         self.followers -= 1
                     continue
                 pfd = self.poller()
-                if self.sigchld.no_timer:
-                    remaining = self.sigchld.cap(remaining)  # the periodic loss check, without a timer
+                if sigchld.no_timer:
+                    remaining = sigchld.cap(remaining)  # the periodic loss check, without a timer
                 self.leading = True
-                self.lock.release()
+                lock.release()
                 tokens: list[int] = []
                 try:
                     tokens = _core.poller_wait(pfd, remaining)
                 finally:
                     # Ctrl-C may interrupt acquire() itself: we must hold the
                     # lock again (and stop leading) before anything propagates.
-                    pending = acquire_uninterruptibly(self.lock)
+                    # Free (the usual case), it is taken without blocking:
+                    # nothing to interrupt, and no Python call (whose entry
+                    # may run a signal handler) before we hold it.
+                    pending = None if lock.acquire(False) else acquire_uninterruptibly(lock)
                     self.leading = False
-                    if self.pidfd.deferred:
+                    if deferred:
                         self.pidfd.close_deferred()
                     if self.followers:
                         self.cond.notify_all()
                     if pending is not None:
                         raise pending
-                self.process(tokens)
-                if self.sigchld.no_timer:
-                    self.sigchld.tick()
+                # process(tokens), with its hot path (one plain pid's pidfd
+                # said "exited": reap_direct) taken here, one call less.
+                if len(tokens) != 1 or (c := self.children.get(tokens[0])) is None or not (
+                    c._owner.direct and self.reap_direct(c)
+                ):
+                    self.process(tokens)
+                if sigchld.no_timer:
+                    sigchld.tick()
             return True
 
     def poll_now(self) -> None:
