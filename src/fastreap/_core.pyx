@@ -773,6 +773,105 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
         PyMem_RawFree(es)
 
 
+# ------------------------------------------ the watcher's exit-to-reaped path
+
+# These two are Watcher code (fastreap/_watcher.py), compiled: they read and
+# write its attributes and those of its Child objects, and must stay in step
+# with Watcher.finish/_finished and wait_until. Between the poller's wake-up
+# and the reap no bytecode runs: each Python step there was latency.
+
+
+def reap_direct(w, c):
+    """Reap one plain-pid child (``Owner.direct``: no lock, no peek,
+    nothing to publish) whose poller token was reported, watcher lock held:
+    through its pidfd (out of ``w.pidfd_of`` before it is closed; the GIL is
+    kept: WNOHANG), and finish it as ``w.finish`` would (a direct pidfd
+    child has no other registration to forget). True once handled; False,
+    and nothing done, if it has no pidfd."""
+    return _reap_direct(w, c)
+
+
+cdef bint _reap_direct(w, c) except -1:
+    cdef fr_exit e
+    cdef int pid = c.pid
+    cdef int fd, r, err
+    cdef dict pidfd_of = w.pidfd_of
+    cdef dict children = w.children
+    fd = pidfd_of.pop(pid, -1)
+    if fd < 0:
+        return False
+    pidfd = w.pidfd
+    pidfd.count -= 1
+    r = fr_reap(fd, pid, &e)
+    if r < 0 and errno != ECHILD:
+        err = errno
+        pidfd.give_back(pid, fd)  # still open: keep watching
+        raise OSError(err, _os.strerror(err))
+    if r == 0:  # not exited after all (cannot happen after a pidfd event)
+        pidfd.give_back(pid, fd)
+        return True
+    close(fd)  # reported oneshot: no deregistration (see reap_one)
+    status = _status_of(&e) if r == 1 else None
+    del children[pid]
+    if status is None or w.followers or w.callbacks:
+        w._finished(c, status)  # lost (reaped behind our back), or others to tell
+    else:
+        w.finished += 1
+        c._status = status
+    return True
+
+
+def lead(w, int pfd, double timeout):
+    """The leader's turn in Watcher.wait_until (its lock held on entry and
+    on return, also when this raises): mark w leading, release the lock,
+    wait in the poller with the GIL released up to timeout seconds (< 0
+    forever; after a signal, as poller_wait, with Python's handlers run
+    while the lock is free), take the lock back (a Ctrl-C meanwhile cannot
+    leave it free: acquire_uninterruptibly), stop leading, close the pidfds
+    deferred meanwhile, wake the followers. Then one reported token naming
+    a plain pid child with a pidfd is reaped and finished here
+    (reap_direct) and None returned; otherwise the ready tokens, for
+    Watcher.process."""
+    cdef int64_t tokens[64]
+    cdef int n = 0
+    lock = w.lock
+    w.leading = True
+    lock.release()
+    try:
+        with nogil:
+            n = fr_poller_wait(pfd, timeout, tokens, 64)
+        if n < 0:
+            if errno != EINTR:
+                _raise_errno()
+            _after_eintr()
+            n = fr_poller_wait(pfd, 0.0, tokens, 64)  # never blocks
+            if n < 0:
+                if errno != EINTR:
+                    _raise_errno()
+                _after_eintr()
+                n = 0
+    finally:
+        # Free (the usual case), the lock is taken without blocking, with
+        # nothing to interrupt; else uninterruptibly.
+        pending = None
+        if not lock.acquire(False):
+            from fastreap._watcher import acquire_uninterruptibly
+            pending = acquire_uninterruptibly(lock)
+        w.leading = False
+        pidfd = w.pidfd
+        if pidfd.deferred:
+            pidfd.close_deferred()
+        if w.followers:
+            w.cond.notify_all()
+        if pending is not None:
+            raise pending
+    if n == 1 and tokens[0] > 0:
+        c = (<dict>w.children).get(tokens[0])
+        if c is not None and c._owner.direct and _reap_direct(w, c):
+            return None
+    return [tokens[i] for i in range(n)]
+
+
 def start_time(int pid):
     """The start time of pid (clock ticks since boot, /proc/<pid>/stat field
     22), None if there is no such process; OSError if it cannot be read

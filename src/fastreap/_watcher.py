@@ -351,7 +351,7 @@ class Watcher:
             # The one-exit hot path: no batch machinery. (WAKE and CHECK
             # are negative: never a child's pid.)
             c = self.children.get(tokens[0])
-            if c is not None and c._owner.direct and self.reap_direct(c):
+            if c is not None and c._owner.direct and _core.reap_direct(self, c):
                 return
         batch: list[Child] | None = None
         for tok in tokens:
@@ -375,40 +375,6 @@ class Watcher:
                 self.sigchld.on_check_timer()
         if batch is not None:
             self.reap_batch(batch)
-
-    def reap_direct(self, c: Child) -> bool:
-        """reap_batch for one plain-pid child (``Owner.direct``: no lock, no
-        peek, nothing to publish) whose poller token was reported (lock
-        held): one C call reaps it through its pidfd, closes that and builds
-        its ExitStatus; then finish(), inlined for this case (the exit-to-
-        reaped hot path: its Python steps are its latency). False, and
-        nothing done, if it has no pidfd (the caller takes the general path)."""
-        pid = c.pid
-        # Out of the books before the C call closes it (see reap_batch).
-        # (Finished children are out of them: none of those gets here.)
-        fd = self.pidfd_of.pop(pid, -1)
-        if fd < 0:
-            return False
-        pidfd = self.pidfd
-        pidfd.count -= 1
-        try:
-            r = _core.reap_one(pid, fd, True)
-        except BaseException:
-            pidfd.give_back(pid, fd)  # still open: keep watching
-            raise
-        if r is False:  # not exited after all (cannot happen after a pidfd event)
-            pidfd.give_back(pid, fd)
-            return True
-        # finish(c, r): _forget's work is done (a direct pidfd child has no
-        # other registration: no sentinel, SIGCHLD start time or kqueue
-        # filter), and with nobody to wake or call back, _finished's is this.
-        del self.children[pid]
-        if r is None or self.followers or self.callbacks:
-            self._finished(c, r)  # lost (None: reaped behind our back), or others to tell
-        else:
-            self.finished += 1
-            c._status = r
-        return True
 
     def reap_batch(self, kids: list[Child]) -> None:
         """Reap children whose pidfd said "exited" (lock held): one C call
@@ -489,10 +455,8 @@ class Watcher:
         """Block until pred() (checked with the lock held) or the deadline.
         One thread at a time waits in the poller with the GIL and the lock
         released; the others sleep on the condition until it has news."""
-        lock = self.lock
         sigchld = self.sigchld
-        deferred = self.pidfd.deferred
-        with lock:
+        with self.lock:
             self.check_open()
             if (
                 not pred()
@@ -503,7 +467,7 @@ class Watcher:
                 # Collect exits that already happened (timeout 0 must see them,
                 # also those whose SIGCHLD was coalesced: run an owed check).
                 # With only pidfd/kqueue children and time to wait, the
-                # leader's own poller_wait below sees the same at once; a
+                # leader's own wait (_core.lead) below sees the same at once; a
                 # wait with time left leaves an owed check to its timer (armed
                 # for when SIGCHLDs are quiet, 5 ms): run here, its scan of
                 # every child (the kernel's, for the zombie peek) would land
@@ -526,30 +490,12 @@ class Watcher:
                 pfd = self.poller()
                 if sigchld.no_timer:
                     remaining = sigchld.cap(remaining)  # the periodic loss check, without a timer
-                self.leading = True
-                lock.release()
-                tokens: list[int] = []
-                try:
-                    tokens = _core.poller_wait(pfd, remaining)
-                finally:
-                    # Ctrl-C may interrupt acquire() itself: we must hold the
-                    # lock again (and stop leading) before anything propagates.
-                    # Free (the usual case), it is taken without blocking:
-                    # nothing to interrupt, and no Python call (whose entry
-                    # may run a signal handler) before we hold it.
-                    pending = None if lock.acquire(False) else acquire_uninterruptibly(lock)
-                    self.leading = False
-                    if deferred:
-                        self.pidfd.close_deferred()
-                    if self.followers:
-                        self.cond.notify_all()
-                    if pending is not None:
-                        raise pending
-                # process(tokens), with its hot path (one plain pid's pidfd
-                # said "exited": reap_direct) taken here, one call less.
-                if len(tokens) != 1 or (c := self.children.get(tokens[0])) is None or not (
-                    c._owner.direct and self.reap_direct(c)
-                ):
+                # Release the lock, wait in the poller, take the lock back
+                # (Ctrl-C cannot leave it released), stop leading, wake the
+                # followers: compiled, with the hot path of one plain pid's
+                # pidfd saying "exited" (reaped and finished there: None).
+                tokens = _core.lead(self, pfd, remaining)
+                if tokens is not None:
                     self.process(tokens)
                 if sigchld.no_timer:
                     sigchld.tick()
