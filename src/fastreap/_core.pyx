@@ -12,6 +12,17 @@ from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.pycapsule cimport PyCapsule_New
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    PY_LOCK_ACQUIRED,
+    PY_LOCK_INTR,
+    PyLockStatus,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
 from libc.errno cimport EACCES, ECHILD, EINTR, EINVAL, ENOSPC, ENOSYS, EPERM, errno
 from libc.stdint cimport int64_t, uintptr_t
 from libc.math cimport isinf, isnan
@@ -781,6 +792,78 @@ def reap_batch(list pids, list pidfds, bint close_fds=False):
 # and the reap no bytecode runs: each Python step there was latency.
 
 
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long us, int intr_flag) nogil
+
+
+@cython.final
+cdef class Lock:
+    """The watcher's lock: a ``threading.Lock`` (``with``, ``acquire(blocking=True)``,
+    ``release()``, ``locked()``; usable by ``threading.Condition``; a blocking
+    acquire waits with the GIL released and is interrupted by a signal
+    handler that raises) whose take after the leader's wake-up (``lead``)
+    is one C call: ``threading.Lock.acquire(False)`` parses its arguments,
+    which cost that path about as much as the reap."""
+
+    cdef PyThread_type_lock _lk
+    cdef bint _held
+
+    def __cinit__(self):
+        self._lk = PyThread_allocate_lock()
+        if self._lk == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self._lk != NULL:
+            if self._held:
+                PyThread_release_lock(self._lk)
+            PyThread_free_lock(self._lk)
+
+    cdef inline bint _try(self) noexcept:
+        if PyThread_acquire_lock(self._lk, NOWAIT_LOCK):
+            self._held = True
+            return True
+        return False
+
+    cdef int _release(self) except -1:
+        if not self._held:
+            raise RuntimeError("release unlocked lock")
+        self._held = False
+        PyThread_release_lock(self._lk)
+        return 0
+
+    def acquire(self, bint blocking=True):
+        """Take it (without blocking: whether it was free)."""
+        cdef PyLockStatus r
+        if self._try():
+            return True
+        if not blocking:
+            return False
+        while True:
+            with nogil:
+                r = PyThread_acquire_lock_timed(self._lk, -1, 1)
+            if r == PY_LOCK_ACQUIRED:
+                self._held = True
+                return True
+            if r == PY_LOCK_INTR:
+                PyErr_CheckSignals()  # a handler that raises ends the wait
+
+    def release(self):
+        self._release()
+
+    def locked(self):
+        return self._held
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self._release()
+
+    def __repr__(self):
+        return f"<fastreap._core.Lock {'locked' if self._held else 'unlocked'}>"
+
+
 def reap_direct(w, c):
     """Reap one plain-pid child (``Owner.direct``: no lock, no peek,
     nothing to publish) whose poller token was reported, watcher lock held:
@@ -834,9 +917,9 @@ def lead(w, int pfd, double timeout):
     Watcher.process."""
     cdef int64_t tokens[64]
     cdef int n = 0
-    lock = w.lock
+    cdef Lock lock = w.lock
     w.leading = True
-    lock.release()
+    lock._release()
     try:
         with nogil:
             n = fr_poller_wait(pfd, timeout, tokens, 64)
@@ -854,7 +937,7 @@ def lead(w, int pfd, double timeout):
         # Free (the usual case), the lock is taken without blocking, with
         # nothing to interrupt; else uninterruptibly.
         pending = None
-        if not lock.acquire(False):
+        if not lock._try():
             from fastreap._watcher import acquire_uninterruptibly
             pending = acquire_uninterruptibly(lock)
         w.leading = False

@@ -61,7 +61,7 @@ class Watcher:
 
     def __init__(self, use_pidfd: bool | None = None) -> None:
         self.gen = _fork.generation()  # the process it belongs to (see closed)
-        self.lock = threading.Lock()
+        self.lock = _core.Lock()  # a threading.Lock whose take on the leader's wake-up is one C call
         self.cond = threading.Condition(self.lock)
         self.leading = False
         self._closed = False
