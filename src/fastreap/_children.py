@@ -320,7 +320,7 @@ def wait(
                 return hit is not None
 
             w.wait_until(pred, deadline)
-            if hit is not None and ours and w.finished == start + 1:
+            if hit is not None and w.finished == start + 1 and ours:
                 pending.discard(hit)
                 return {hit}, pending
         else:

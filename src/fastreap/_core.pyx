@@ -797,6 +797,7 @@ cdef extern from "pythread.h":
 
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class Lock:
     """The watcher's lock: a ``threading.Lock`` (``with``, ``acquire(blocking=True)``,
     ``release()``, ``locked()``; usable by ``threading.Condition``; a blocking
@@ -857,7 +858,7 @@ cdef class Lock:
     def __enter__(self):
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self._release()
 
     def __repr__(self):
