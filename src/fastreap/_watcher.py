@@ -62,7 +62,8 @@ class Watcher:
     def __init__(self, use_pidfd: bool | None = None) -> None:
         self.gen = _fork.generation()  # the process it belongs to (see closed)
         self.lock = _core.Lock()  # a threading.Lock whose take on the leader's wake-up is one C call
-        self.cond = threading.Condition(self.lock)
+        # (Condition takes any lock with acquire/release; typeshed names only the threading ones.)
+        self.cond = threading.Condition(self.lock)  # type: ignore[arg-type]
         self.leading = False
         self._closed = False
         self.pfd = -1
