@@ -10,7 +10,7 @@ monotonic clock, and returns to Python on EINTR so Python's own signal handlers
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
-from cpython.object cimport PyObject_GenericSetAttr
+from cpython.object cimport PyObject_GenericSetAttr, PyTypeObject
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (
     NOWAIT_LOCK,
@@ -53,6 +53,7 @@ cdef extern from "<sys/wait.h>" nogil:
 
 cdef extern from "Python.h":
     int PyErr_SetInterruptEx(int signum) noexcept nogil
+    object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
 
 cdef extern from "compat.h":
     const int FASTREAP_LINUX
@@ -644,7 +645,6 @@ cdef extern from "<sys/wait.h>" nogil:
 
 
 cdef object _status_type = None  # _status.ExitStatus, once registered (set_status_type)
-cdef object _object_new = object.__new__
 
 
 def set_status_type(t):
@@ -670,17 +670,18 @@ cdef object _status_of(fr_exit *e):
         rc = WEXITSTATUS(e.status)
     if _status_type is None:
         return (e.pid, rc, core, e.utime, e.stime, e.maxrss)
-    es = _object_new(_status_type)
-    PyObject_GenericSetAttr(es, "__dict__", {
-        "pid": e.pid,
-        "returncode": rc,
-        "exit_code": None if rc < 0 else rc,
-        "signal": -rc if rc < 0 else None,
-        "core_dumped": core,
-        "user_time": e.utime,
-        "system_time": e.stime,
-        "max_rss": e.maxrss,
-    })
+    # Allocated as object.__new__ would (tp_alloc: its instance values
+    # laid out), the fields stored one by one (CPython >= 3.11 keeps them in
+    # the object itself): no dict built and handed over, no call.
+    es = PyType_GenericAlloc(<PyTypeObject *>_status_type, 0)
+    PyObject_GenericSetAttr(es, "pid", e.pid)
+    PyObject_GenericSetAttr(es, "returncode", rc)
+    PyObject_GenericSetAttr(es, "exit_code", None if rc < 0 else rc)
+    PyObject_GenericSetAttr(es, "signal", -rc if rc < 0 else None)
+    PyObject_GenericSetAttr(es, "core_dumped", core)
+    PyObject_GenericSetAttr(es, "user_time", e.utime)
+    PyObject_GenericSetAttr(es, "system_time", e.stime)
+    PyObject_GenericSetAttr(es, "max_rss", e.maxrss)
     return es
 
 

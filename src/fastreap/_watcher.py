@@ -489,7 +489,8 @@ class Watcher:
                         self.followers -= 1
                     continue
                 pfd = self.poller()
-                if sigchld.no_timer:
+                no_timer = sigchld.no_timer  # (set once, when the timer cannot be had)
+                if no_timer:
                     remaining = sigchld.cap(remaining)  # the periodic loss check, without a timer
                 # Release the lock, wait in the poller, take the lock back
                 # (Ctrl-C cannot leave it released), stop leading, wake the
@@ -498,7 +499,7 @@ class Watcher:
                 tokens = _core.lead(self, pfd, remaining)
                 if tokens is not None:
                     self.process(tokens)
-                if sigchld.no_timer:
+                if no_timer:
                     sigchld.tick()
             return True
 
