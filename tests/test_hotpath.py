@@ -7,6 +7,7 @@ import multiprocessing.process
 import os
 import signal
 import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -251,3 +252,119 @@ def test_batch_reap_keeps_the_peeked_status_of_a_process_its_join_reaped(
         assert not c.lost and c.returncode == i and p.exitcode == i
         p.close()
     assert pidfd_watcher.pidfd.count == 0 and not pidfd_watcher.pidfd_of
+
+
+def _plain(code: str) -> tuple[int, int]:
+    """A plain pid (no Popen): a shell that runs `code` once the returned
+    descriptor is closed."""
+    r, w = os.pipe()
+    pid = os.posix_spawn(
+        "/bin/sh", ["sh", "-c", f"read x; {code}"], os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)]
+    )
+    os.close(r)
+    return pid, w
+
+
+def test_lone_plain_exit_is_reaped_by_the_leader(pidfd_watcher: _watcher.Watcher) -> None:
+    """The leader's compiled hot path (_core.lead -> reap_direct): the status
+    with rusage, the books emptied, the counters kept, the pidfd closed."""
+    w = pidfd_watcher
+    pid, go = _plain("exit 5")
+    c = fastreap.watch(pid)
+    fd = w.pidfd_of[pid]
+    finished, reaped = w.finished, w.reaped
+    os.close(go)
+    assert c.wait(10) == 5
+    st = c.status
+    assert st is not None and st.pid == pid and st.exit_code == 5 and st.signal is None
+    assert st.user_time is not None and st.max_rss is not None and vars(st)["returncode"] == 5
+    assert st == _status_like(st) and hash(st) == hash(_status_like(st))
+    assert (w.finished, w.reaped, w.lost) == (finished + 1, reaped + 1, 0)
+    assert pid not in w.children and not w.pidfd_of and w.pidfd.count == 0
+    assert not w.leading and not w.lock.locked()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed (the suite's leak check would see it too)
+
+
+def _status_like(st: fastreap.ExitStatus) -> fastreap.ExitStatus:
+    import dataclasses
+
+    return dataclasses.replace(st)
+
+
+def test_first_exited_result_sets(pidfd_watcher: _watcher.Watcher) -> None:
+    """wait(FIRST_EXITED): one exit moves that child across; a wait that
+    finds others already finished reports every finished one."""
+    spawned = [_plain("exit 0") for _ in range(3)]
+    kids = [fastreap.watch(pid) for pid, _go in spawned]
+    os.close(spawned[1][1])
+    done, pending = fastreap.wait(kids, 10, fastreap.FIRST_EXITED)
+    assert done == {kids[1]} and pending == {kids[0], kids[2]}
+    for _pid, go in (spawned[0], spawned[2]):
+        os.close(go)
+    for pid, _go in (spawned[0], spawned[2]):
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    done, pending = fastreap.wait(kids, 10, fastreap.FIRST_EXITED)
+    assert kids[1] in done and not pending - {kids[0], kids[2]}
+    fastreap.wait(kids, 10, fastreap.ALL_EXITED)
+    done, pending = fastreap.wait(kids, 0, fastreap.FIRST_EXITED)
+    assert done == set(kids) and pending == set()
+
+
+def test_watcher_lock_is_a_lock() -> None:
+    """_core.Lock, the watcher's: threading.Lock's behaviour, Condition included."""
+    import threading
+
+    lock = _core.Lock()
+    assert lock.acquire(False) and lock.locked() and not lock.acquire(False)
+    lock.release()
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    got: list[bool] = []
+    with lock:
+        t = threading.Thread(target=lambda: got.append(lock.acquire()))
+        t.start()
+        t.join(0.1)
+        assert t.is_alive() and not got  # blocked while we hold it
+    t.join(10)
+    assert got == [True] and lock.locked()
+    lock.release()
+    cond = threading.Condition(lock)  # type: ignore[arg-type]
+    with cond:
+        threading.Timer(0.05, lambda: _notify(cond)).start()
+        assert cond.wait(10)
+    assert not lock.locked()
+
+
+def _notify(cond: object) -> None:
+    import threading
+
+    assert isinstance(cond, threading.Condition)
+    with cond:
+        cond.notify_all()
+
+
+def test_watcher_lock_blocking_acquire_is_interrupted_by_a_raising_handler() -> None:
+    # As threading.Lock: Ctrl-C ends the wait for it; acquire_uninterruptibly
+    # still takes it and hands the exception back (run in a child interpreter).
+    code = """
+import signal, threading
+from fastreap import _core
+from fastreap._watcher import acquire_uninterruptibly
+lock = _core.Lock(); lock.acquire()
+def h(*a): raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, h)
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+try:
+    lock.acquire()
+    print("acquired")
+except KeyboardInterrupt:
+    print("interrupted", lock.locked())
+threading.Timer(0.3, lock.release).start()
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+exc = acquire_uninterruptibly(lock)
+print(type(exc).__name__, lock.locked())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["interrupted", "True", "KeyboardInterrupt", "True"], out.stderr
