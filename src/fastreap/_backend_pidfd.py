@@ -155,12 +155,6 @@ class PidfdBackend:
         self.count -= len(fds)
         return fds
 
-    def take_one(self, pid: int) -> int:
-        """take() for one pid."""
-        fd = self.w.pidfd_of.pop(pid)
-        self.count -= 1
-        return fd
-
     def give_back(self, pid: int, fd: int) -> None:
         """Undo take() for one the batch did not reap; arm it again."""
         self.w.pidfd_of[pid] = fd
