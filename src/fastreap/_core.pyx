@@ -923,6 +923,9 @@ def lead(w, int pfd, double timeout):
     w.leading = True
     lock._release()
     try:
+        # A signal that came since the last bytecode ran would find no wait
+        # to interrupt: its Python handler runs now (with the lock free).
+        PyErr_CheckSignals()
         with nogil:
             n = fr_poller_wait(pfd, timeout, tokens, 64)
         if n < 0:
