@@ -204,6 +204,42 @@ def test_popens_reaped_by_their_own_wait_are_noticed(sigchld_watcher: object) ->
     assert took < 5, took
 
 
+def test_plain_pids_reaped_by_a_bare_waitpid_are_found_by_the_sweep(
+    sigchld_watcher: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain pids reaped elsewhere by os.waitpid, their SIGCHLDs coalesced
+    into one (SIGCHLD blocked meanwhile), so neither the ring nor the zombie
+    peek can tell: the periodic sweep (in slices, here 4 children each) finds
+    every one and reports it lost, none is left waiting."""
+    import signal
+
+    import fastreap
+    from fastreap import _backend_sigchld
+
+    monkeypatch.setattr(_backend_sigchld, "_SWEEP_SLICE", 4)
+    r, w = os.pipe()
+    try:
+        pids = [
+            os.posix_spawn(
+                "/bin/sh", ["sh", "-c", "read x"], os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)]
+            )
+            for _ in range(13)
+        ]
+    finally:
+        os.close(r)
+    kids = [fastreap.watch(p) for p in pids]
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        os.close(w)  # they all exit...
+        for p in pids:
+            os.waitpid(p, 0)  # ... and a bare waitpid elsewhere reaps them
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _done, pending = fastreap.wait(kids, timeout=60, return_when=fastreap.ALL_EXITED)
+    assert not pending, fastreap.counters()
+    assert all(c.lost and c.returncode is None for c in kids)
+
+
 @pytest.mark.parametrize("group", [False, True])
 def test_stopped_child_stops_gracefully(backend: str, group: bool) -> None:
     """12.10: a SIGSTOPped child gets SIGCONT after the stop signal, so it
