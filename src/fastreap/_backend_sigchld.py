@@ -72,7 +72,7 @@ _PERIOD = 0.25
 _PERIOD_DEGRADED = 0.1
 # ... and asks after every child on it (a WNOWAIT waitid each, in a C loop) at
 # most this often, in slices of _SWEEP_SLICE children, one slice per periodic
-# check (~0.3-0.7 ms each here: below ~0.3% of the time, and no one exit waits
+# check (~0.3-1.2 ms each at 10,000 here: ~0.1-0.5% of the time, and no exit waits
 # behind a sweep of 10,000). So a sweep of n children takes n / _SWEEP_SLICE
 # periods (2.5 s at 10,000).
 _SCAN_EVERY = 1.0
