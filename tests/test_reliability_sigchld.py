@@ -80,6 +80,32 @@ def test_no_sigchld_at_all_still_finds_the_exit(how: str) -> None:
         assert "SIGCHLD handler was replaced" in r["stderr"]
 
 
+@pytest.mark.parametrize("timer", ["fired", "pending"])
+def test_a_replaced_handler_after_the_path_emptied_still_finds_the_exit(timer: str) -> None:
+    """12.2 after the SIGCHLD path was empty for a while (found by CPython's
+    test_asyncio.test_subprocess under install(): a FastChildWatcher test
+    left SIGCHLD at SIG_DFL, the next test hung). The last child's SIGCHLD
+    owed a loss check that had no child left to run for; with the periodic
+    timer then firing on an empty path (or not yet), the next child must
+    still get its periodic checks when no SIGCHLD ever comes."""
+    r = run_snippet(
+        f"""
+        first = fastreap.watch(subprocess.Popen(['true']))
+        assert first.wait(5) == 0  # reaped from its SIGCHLD: the path is empty again
+        if {timer!r} == "fired":
+            time.sleep(0.4)  # the periodic timer fires...
+            fastreap._watcher.current().poll_now()  # ...and finds nothing on the path
+        c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.2; exit 7']))
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # as asyncio's remove_signal_handler leaves it
+        t = time.monotonic()
+        rc = c.wait(5)
+        out(rc=rc, took=time.monotonic() - t, counters=fastreap.counters())
+        """
+    )
+    assert r["rc"] == 7, r
+    assert r["counters"]["sigchld_replaced"] == 1, r
+
+
 def test_a_replaced_handler_is_reported_to_asyncio_waiters_too() -> None:
     """12.2 through the poller's descriptor (the timer makes it readable)."""
     r = run_snippet(

@@ -161,8 +161,10 @@ class SigchldBackend:
         """The next periodic loss check, one period from now."""
         period = _PERIOD_DEGRADED if self.gone else _PERIOD
         self.due = now + period
-        if not self.check_owed:
-            self._arm(now, self.due)
+        # Armed whether or not a check is owed: an owed check's sooner firing
+        # keeps (_arm only moves it sooner), and a debt whose timer already
+        # fired must not leave the periodic check unarmed (no SIGCHLD may come).
+        self._arm(now, self.due)
 
     def _arm(self, now: float, at: float) -> None:
         """Have the timer fire by ``at`` (no call if it fires by then already)."""
@@ -240,7 +242,9 @@ class SigchldBackend:
         except BaseException:
             self._arm(now, quiet_at)  # the check stays owed: the timer runs it
             raise
-        if now_check and self.starts:
+        if not self.starts:
+            self._settled()  # nothing left on this path that a lost SIGCHLD could hide
+        elif now_check:
             self.loss_check()
 
     def reap_ringed(self, pids: list[int]) -> None:
@@ -269,11 +273,19 @@ class SigchldBackend:
             elif r is not False:
                 w.finish(c, r)
 
+    def _settled(self) -> None:
+        """No child is left on this path: no loss check is owed (a debt kept
+        with nothing to run it for would stop register() from scheduling the
+        next child's periodic checks)."""
+        self.check_owed = False
+        self.exits_since_check = 0
+
     def on_check_timer(self) -> None:
         _core.timer_drain(self.tfd)
         self.armed_at = None
         if not self.starts:
             self.due = 0.0
+            self._settled()
             return
         now = time.monotonic()
         if self.check_owed and now < self.due:
