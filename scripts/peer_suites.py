@@ -112,7 +112,9 @@ def churn() -> None:
                 c.kill()
                 c.wait()
             stats["reaped"] += 1
-        except fastreap.ChildLostError:
+        except ChildProcessError:
+            # ChildLostError, or watch() itself: the suites' waitpid(-1) took
+            # the child between Popen() and watch() (its status is gone).
             stats["lost"] += 1
         except Exception as e:
             stats["errors"] += 1

@@ -353,6 +353,26 @@ def test_wait_lost() -> None:
     run(main())
 
 
+def test_wait_pending_when_its_loop_is_closed_keeps_nothing_alive() -> None:
+    # A task awaiting aio.wait() when its loop is closed without cancelling
+    # it; the child is then reaped by a blocking wait here: nothing keeps the
+    # closed loop alive (its _Waits entry is keyed weakly by the loop).
+    p = polite()
+    loop = asyncio.new_event_loop()
+    ref = weakref.ref(loop)
+    task = loop.create_task(aio.wait(p))
+    loop.run_until_complete(asyncio.sleep(0.05))  # the task now waits on the child
+    assert not task.done()
+    loop.close()
+    p.kill()
+    assert fastreap.watch(p).wait() == -9
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    del task, loop
+    gc.collect()
+    assert ref() is None
+    assert len(aio._waits) == 0
+
+
 # ---- graceful_stop --------------------------------------------------------------
 
 

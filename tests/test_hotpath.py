@@ -148,6 +148,26 @@ def test_reap_one_and_reap_checked_entry_points() -> None:
     assert _core.reap_checked([], []) == []
 
 
+def test_scan_exited_entry_point() -> None:
+    """The SIGCHLD path's sweep: names, in order, the pids that have exited
+    (left waitable: nothing reaped) or are not (or no longer) our children;
+    a running child is not named."""
+    p, q, r = _waiting("exit 3"), _waiting("exit 4"), _waiting("exit 5")
+    assert _core.scan_exited([p.pid, q.pid, r.pid]) == []
+    _release_and_settle([p, r])
+    assert _core.scan_exited([p.pid, q.pid, r.pid]) == [p.pid, r.pid]
+    assert os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None  # still a zombie
+    assert p.wait() == 3
+    assert _core.scan_exited([q.pid, p.pid, r.pid]) == [p.pid, r.pid]  # p: reaped, ECHILD
+    assert _core.scan_exited([]) == []
+    with pytest.raises(ValueError, match="pid must be > 0"):
+        _core.scan_exited([q.pid, 0])
+    with pytest.raises(TypeError):
+        _core.scan_exited([q.pid, "1"])  # type: ignore[list-item]
+    _release_and_settle([q])
+    assert (q.wait(), r.wait()) == (4, 5)
+
+
 def test_graceful_stop_batch_signals_and_reaps(pidfd_watcher: _watcher.Watcher) -> None:
     polite = [subprocess.Popen(["sleep", "30"]) for _ in range(6)]
     stubborn = [

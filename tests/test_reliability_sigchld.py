@@ -80,6 +80,32 @@ def test_no_sigchld_at_all_still_finds_the_exit(how: str) -> None:
         assert "SIGCHLD handler was replaced" in r["stderr"]
 
 
+@pytest.mark.parametrize("timer", ["fired", "pending"])
+def test_a_replaced_handler_after_the_path_emptied_still_finds_the_exit(timer: str) -> None:
+    """12.2 after the SIGCHLD path was empty for a while (found by CPython's
+    test_asyncio.test_subprocess under install(): a FastChildWatcher test
+    left SIGCHLD at SIG_DFL, the next test hung). The last child's SIGCHLD
+    owed a loss check that had no child left to run for; with the periodic
+    timer then firing on an empty path (or not yet), the next child must
+    still get its periodic checks when no SIGCHLD ever comes."""
+    r = run_snippet(
+        f"""
+        first = fastreap.watch(subprocess.Popen(['true']))
+        assert first.wait(5) == 0  # reaped from its SIGCHLD: the path is empty again
+        if {timer!r} == "fired":
+            time.sleep(0.4)  # the periodic timer fires...
+            fastreap._watcher.current().poll_now()  # ...and finds nothing on the path
+        c = fastreap.watch(subprocess.Popen(['sh', '-c', 'sleep 0.2; exit 7']))
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # as asyncio's remove_signal_handler leaves it
+        t = time.monotonic()
+        rc = c.wait(5)
+        out(rc=rc, took=time.monotonic() - t, counters=fastreap.counters())
+        """
+    )
+    assert r["rc"] == 7, r
+    assert r["counters"]["sigchld_replaced"] == 1, r
+
+
 def test_a_replaced_handler_is_reported_to_asyncio_waiters_too() -> None:
     """12.2 through the poller's descriptor (the timer makes it readable)."""
     r = run_snippet(
@@ -202,6 +228,42 @@ def test_popens_reaped_by_their_own_wait_are_noticed(sigchld_watcher: object) ->
     assert not pending, (took, fastreap.counters())
     assert [c.wait(0) for c in kids] == [p.returncode for p in ps] == list(range(1, 9))
     assert took < 5, took
+
+
+def test_plain_pids_reaped_by_a_bare_waitpid_are_found_by_the_sweep(
+    sigchld_watcher: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain pids reaped elsewhere by os.waitpid, their SIGCHLDs coalesced
+    into one (SIGCHLD blocked meanwhile), so neither the ring nor the zombie
+    peek can tell: the periodic sweep (in slices, here 4 children each) finds
+    every one and reports it lost, none is left waiting."""
+    import signal
+
+    import fastreap
+    from fastreap import _backend_sigchld
+
+    monkeypatch.setattr(_backend_sigchld, "_SWEEP_SLICE", 4)
+    r, w = os.pipe()
+    try:
+        pids = [
+            os.posix_spawn(
+                "/bin/sh", ["sh", "-c", "read x"], os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)]
+            )
+            for _ in range(13)
+        ]
+    finally:
+        os.close(r)
+    kids = [fastreap.watch(p) for p in pids]
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        os.close(w)  # they all exit...
+        for p in pids:
+            os.waitpid(p, 0)  # ... and a bare waitpid elsewhere reaps them
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _done, pending = fastreap.wait(kids, timeout=60, return_when=fastreap.ALL_EXITED)
+    assert not pending, fastreap.counters()
+    assert all(c.lost and c.returncode is None for c in kids)
 
 
 @pytest.mark.parametrize("group", [False, True])

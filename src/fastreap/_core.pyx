@@ -975,6 +975,30 @@ def start_time(int pid):
     return t if r == 1 else None
 
 
+def scan_exited(list pids):
+    """The pids (a sublist, in order) that have exited or are not (or no
+    longer) our children: a WNOWAIT waitid for each, in one C loop with the
+    GIL released; nothing is reaped. The SIGCHLD path's sweep of every child:
+    only what it returns needs a closer look (try_reap)."""
+    cdef Py_ssize_t n = len(pids), i
+    cdef int *ids = NULL
+    cdef int *idx = NULL
+    cdef int k
+    if n == 0:
+        return []
+    try:
+        ids = _pid_array(pids, n)
+        idx = <int *>PyMem_RawCalloc(n, sizeof(int))
+        if idx == NULL:
+            raise MemoryError()
+        with nogil:
+            k = fr_scan_exited(ids, <int>n, idx)
+        return [pids[idx[i]] for i in range(k)]
+    finally:
+        PyMem_RawFree(ids)
+        PyMem_RawFree(idx)
+
+
 def reap_checked(list pids, list starts):
     """The SIGCHLD path's reap, in one C loop with the GIL released: for
     each pid, unless its recorded start time is None, check that the pid

@@ -198,9 +198,11 @@ class _Waits:
         thread, with the watcher lock held. In the loop's thread (its reader's
         poll_now, or any other call there) its futures are resolved at once;
         from another thread the loop is asked to resolve them. Nothing once
-        the loop is closed (a wait left pending when it was)."""
+        the loop is closed (a wait left pending when it was) but dropping its
+        futures: they hold the closed loop, which is a weak key here."""
         loop = self.loop_ref()
         if loop is None or loop.is_closed():
+            self.futs.pop(c, None)
             return
         if threading.get_ident() == self.thread:
             self.resolve(c)

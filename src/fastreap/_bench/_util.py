@@ -240,6 +240,34 @@ def spawn_idle(**kw: Any) -> int:
     return os.posix_spawn("/bin/cat", IDLE, os.environ, file_actions=actions, **kw)
 
 
+def settle(pids: Sequence[int], timeout: float = 60.0) -> None:
+    """Wait until none of pids is still starting (runnable or in
+    uninterruptible sleep: an idle ``cat`` settles blocked in ``read``).
+    Spawning thousands leaves a backlog of them starting on the CPUs for
+    seconds after the last ``posix_spawn`` returns; a case timed meanwhile
+    measures that queue, not the parent (the first per-exit samples at
+    10,000 live took 15-30 ms: the killed child waited for a CPU to exit on).
+    Linux (``/proc``) only; elsewhere, and after ``timeout``, it returns."""
+    from .._procfs import read_stat
+
+    if not os.path.isdir("/proc/self"):
+        return
+    deadline = time.monotonic() + timeout
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        busy = []
+        for pid in left:
+            try:
+                st = read_stat(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+            if st is not None and st.state in ("R", "D"):
+                busy.append(pid)
+        left = busy
+        if left:
+            time.sleep(0.05)
+
+
 def pick(quick: bool, full: Any, quick_value: Any, tiny: Any) -> Any:
     """A size for this run: full, --quick, or tiny (FASTREAP_BENCH_TINY=1,
     for the test suite's smoke test: structure only, figures meaningless)."""

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 
 from . import _cref
-from ._util import IDLE, Goal, Progress, Result, lifeline, pick, spawn_idle
+from ._util import IDLE, Goal, Progress, Result, lifeline, pick, settle, spawn_idle
 
 
 def _spawn() -> int:
@@ -166,6 +166,7 @@ def _per_exit(
             stack.enter_context(_watcher.swapped(use_pidfd=not sigchld_only))
         stack.callback(lambda: fastreap.kill(kids))  # before the watcher is put back
         kids = [fastreap.watch(_spawn()) for _ in range(live)]
+        settle([c.pid for c in kids])  # all started: time the parent, not their start-up queue
         before = fastreap.counters()
         samples = _measure(killer, lambda: fastreap.watch(_spawn()), lambda c: c.wait(), n)  # type: ignore[attr-defined]
         counts = fastreap.counters()

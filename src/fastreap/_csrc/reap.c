@@ -90,6 +90,20 @@ int fr_peek_any(void) {
     return (int)si.si_pid;
 }
 
+int fr_scan_exited(const int *pids, int n, int *idx) {
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        siginfo_t si;
+        si.si_pid = 0;
+        int r;
+        do {
+            r = waitid(P_PID, (id_t)pids[i], &si, WEXITED | WNOHANG | WNOWAIT);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0 || si.si_pid != 0) idx[k++] = i;
+    }
+    return k;
+}
+
 /* wait4(pid, WNOHANG) with rusage; pid -1: any child. */
 static int reap_by_pid(int pid, fr_exit *out) {
     struct rusage ru;

@@ -56,6 +56,12 @@ int fr_have_pidfd(void);
 int fr_peek(int pidfd, int pid, int *code, int *status);
 /* waitid(P_ALL, ...WNOWAIT): the pid of some zombie child, 0 if none, -1. */
 int fr_peek_any(void);
+/* The SIGCHLD path's sweep: waitid(P_PID, WEXITED|WNOHANG|WNOWAIT) for each
+ * of n pids (O(1) each in the kernel since 5.14; nothing is reaped). Writes
+ * into idx the index of each one that has exited or is not (or no longer)
+ * our child (any error: ECHILD), and returns how many: only those need a
+ * closer look. */
+int fr_scan_exited(const int *pids, int n, int *idx);
 /* Reap it with rusage, WNOHANG: through its pidfd (raw waitid, P_PIDFD)
  * when pidfd >= 0 and the kernel has P_PIDFD, else wait4(pid). 1 reaped
  * into *out, 0 not yet, -1 with errno (ECHILD: not or no longer ours). */

@@ -33,6 +33,7 @@ cdef extern from "reaper.h" nogil:
     int fr_have_pidfd()
     int fr_peek(int pidfd, int pid, int *code, int *status)
     int fr_peek_any()
+    int fr_scan_exited(const int *pids, int n, int *idx)
     int fr_reap(int pidfd, int pid, fr_exit *out)
     int fr_reap_all(fr_exit *out, int max)
     int fr_wait_readable(int fd, int fd2, double timeout)
