@@ -80,7 +80,12 @@ def run_mp_subset() -> int:
     mod = types.ModuleType("test_multiprocessing_fork_subset")
     sys.modules[mod.__name__] = mod
     ns: dict[str, object] = mod.__dict__
-    tm.install_tests_in_module_dict(ns, "fork", only_type=None)
+    import inspect
+
+    if "only_type" in inspect.signature(tm.install_tests_in_module_dict).parameters:
+        tm.install_tests_in_module_dict(ns, "fork", only_type=None)
+    else:  # 3.10: no only_type (it installs every type)
+        tm.install_tests_in_module_dict(ns, "fork")
     loader = unittest.TestLoader()
     suite = unittest.TestSuite(loader.loadTestsFromTestCase(ns[name]) for name in MP_CLASSES)  # type: ignore[arg-type]
     ns["setUpModule"]()  # type: ignore[operator]
