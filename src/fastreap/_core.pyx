@@ -537,6 +537,12 @@ def poller_wait(int pfd, double timeout):
     interrupted the wait has made the wake-up descriptor ready, and its
     token comes back at once instead of after another round trip."""
     cdef int64_t tokens[64]
+    cdef int n = _wait_tokens(pfd, timeout, tokens)
+    return [tokens[i] for i in range(n)]
+
+
+cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens) except -1:
+    """poller_wait's wait into tokens (64 of them): how many are ready."""
     cdef int n
     with nogil:
         n = fr_poller_wait(pfd, timeout, tokens, 64)
@@ -546,11 +552,11 @@ def poller_wait(int pfd, double timeout):
         _after_eintr()
         n = fr_poller_wait(pfd, 0.0, tokens, 64)  # never blocks
         if n < 0:
-            if errno == EINTR:
-                _after_eintr()
-                return []
-            _raise_errno()
-    return [tokens[i] for i in range(n)]
+            if errno != EINTR:
+                _raise_errno()
+            _after_eintr()
+            n = 0
+    return n
 
 
 def wait_readable(int fd, int fd2, double timeout):
@@ -926,18 +932,7 @@ def lead(w, int pfd, double timeout):
         # A signal that came since the last bytecode ran would find no wait
         # to interrupt: its Python handler runs now (with the lock free).
         PyErr_CheckSignals()
-        with nogil:
-            n = fr_poller_wait(pfd, timeout, tokens, 64)
-        if n < 0:
-            if errno != EINTR:
-                _raise_errno()
-            _after_eintr()
-            n = fr_poller_wait(pfd, 0.0, tokens, 64)  # never blocks
-            if n < 0:
-                if errno != EINTR:
-                    _raise_errno()
-                _after_eintr()
-                n = 0
+        n = _wait_tokens(pfd, timeout, tokens)
     finally:
         # Free (the usual case), the lock is taken without blocking, with
         # nothing to interrupt; else uninterruptibly.
