@@ -353,7 +353,13 @@ def _per_exit_rows(quick: bool, progress: Progress) -> list[Result]:
                 f"{losses[key]} loss checks in {rounds * n} exits"
             )
             if c["backend"] == "pidfd":
-                where = "SIGCHLD" if on_sigchld[key] == rounds * n else "pidfd" if not on_sigchld[key] else "mixed"
+                where = (
+                    "SIGCHLD"
+                    if on_sigchld[key] == rounds * n
+                    else "pidfd"
+                    if not on_sigchld[key]
+                    else "mixed"
+                )
                 rows[key].note += f"; the timed child on the {where} path"
     rows["fr 100"].note += f" ({how})"
     rows["chld 100"].note += f" ({how})"
