@@ -18,7 +18,7 @@ and nobody watching them. The floor also shows the machine's own share: on a
 2-core VM with DAMON on, its kernel thread (kdamond) took ~35% of a CPU in
 ~0.3 s bursts while 10,000 idle children were alive (nothing once they were
 gone), which slows whole rounds at 10,000 to milliseconds per exit, floor and
-fastreap alike (the p90s; a median only when 3 of 5 rounds are hit).
+fastreap alike (the p90s; a median once about half its samples are hit).
 """
 
 from __future__ import annotations
