@@ -8,7 +8,9 @@ waiter returns with the child reaped. Each case runs in its own fresh
 interpreter (one per round; cases interleaved round by round), with m = 1 and
 m = 16 live children (the m - 1 others stay alive, watched by the same
 mechanism). Ratios are against the C limit of the same run: pidfd_open + poll
-for the pidfd cases, a SIGCHLD self-pipe for the SIGCHLD ones.
+for the pidfd cases, a SIGCHLD self-pipe for the SIGCHLD ones. Beside
+``fastreap.aio`` runs plain asyncio with no fastreap (a loop reader on each
+child's pidfd and a future): what asyncio itself costs over a blocking wait.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ C_SIGCHLD = "C SIGCHLD self-pipe (limit)"
 PY_SIGCHLD = "plain Python SIGCHLD + set_wakeup_fd + waitpid(-1, WNOHANG)"
 FR_SIGCHLD = "fastreap.watch(pid).wait(), SIGCHLD path"
 FR_AIO = "asyncio: await gather(fastreap.aio.wait(child)), pidfd path"
+PY_AIO = "plain asyncio: loop.add_reader(os.pidfd_open) + future, await gather"
 
 # name -> (case key, extra environment, baseline, goal)
 CASES: list[tuple[str, str, dict[str, str], str | None, Goal | None]] = [
@@ -42,6 +45,7 @@ CASES: list[tuple[str, str, dict[str, str], str | None, Goal | None]] = [
     (FR_WATCH, "fr_watch", {}, C_PIDFD, Goal("<= 1.05x plain Python pidfd", PY_PIDFD, 1.05)),
     (FR_WAIT, "fr_wait", {}, C_PIDFD, Goal("<= 1.05x plain Python pidfd", PY_PIDFD, 1.05)),
     (FR_AIO, "fr_aio", {}, C_PIDFD, Goal("<= 1.2x blocking fastreap.wait", FR_WAIT, 1.2)),
+    (PY_AIO, "py_aio", {}, C_PIDFD, None),
     (C_SIGCHLD, "c_sigchld", {}, None, None),
     (PY_SIGCHLD, "py_sigchld", {}, C_SIGCHLD, None),
     (
@@ -59,6 +63,13 @@ LIVES = (1, 16)
 # limits wait4, the plain Python loops os.wait4), so the rows compare the
 # mechanisms, like for like. (The plain Python rows keep their names.)
 RUSAGE = "reaps with rusage (wait4), as fastreap does"
+# No fastreap in it, and no goal: what asyncio itself costs over a blocking
+# wait, beside fastreap.aio's row (its goal is against the blocking
+# fastreap.wait, which this floor shows asyncio alone already spends part of).
+PY_AIO_NOTE = (
+    "no fastreap: the asyncio floor; one reader per child whose callback removes it, "
+    "closes the pidfd, wait4s and sets the future"
+)
 
 
 def _high(fd: int) -> int:
@@ -260,6 +271,52 @@ def _fr_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
     return asyncio.run(main())
 
 
+def _py_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
+    """What asyncio itself costs: one loop reader per child on its pidfd, a
+    future set by the reader's callback (remove the reader, close the pidfd,
+    wait4 with rusage); the measured child's future awaited through
+    asyncio.gather, the others pending meanwhile, as in _fr_aio."""
+    import asyncio
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+
+        def arm(pid: int) -> asyncio.Future[None]:
+            fd = os.pidfd_open(pid)
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def ready() -> None:
+                loop.remove_reader(fd)
+                os.close(fd)
+                os.wait4(pid, 0)  # with rusage: see RUSAGE
+                fut.set_result(None)
+
+            loop.add_reader(fd, ready)
+            return fut
+
+        idle_r, idle_w = _pipe()
+        pending = [arm(_spawn(exe, idle_r, stamps)) for _ in range(live - 1)]
+        os.close(idle_r)
+        out: list[float] = []
+        try:
+            for _ in range(n):
+                go_r, go_w = _pipe()
+                stamps.clear()
+                fut = arm(_spawn(exe, go_r, stamps))
+                os.close(go_r)
+                os.write(go_w, b"x")
+                os.close(go_w)
+                await asyncio.gather(fut)
+                t1 = _clock()
+                out.append((t1 - stamps.get()) / 1e3)
+        finally:
+            os.close(idle_w)
+            await asyncio.gather(*pending)
+        return out
+
+    return asyncio.run(main())
+
+
 def case(case: str, exe: str, n: int) -> dict[str, list[float]]:
     """One case at each m, in this (fresh) process; latencies in us."""
     import warnings
@@ -289,6 +346,8 @@ def case(case: str, exe: str, n: int) -> dict[str, list[float]]:
                     got = _py_sigchld(exe, stamps, n, live)
                 elif case == "fr_aio":
                     got = _fr_aio(exe, stamps, n, live)
+                elif case == "py_aio":
+                    got = _py_aio(exe, stamps, n, live)
                 else:
                     raise ValueError(f"unknown case {case!r}")
                 if any(x <= 0 for x in got):
@@ -333,4 +392,5 @@ def run(quick: bool, progress: Progress) -> list[Result]:
         rows[(live, C_PIDFD)].note = how
         for name in (C_SIGCHLD, PY_PIDFD, PY_SIGCHLD):
             rows[(live, name)].note = RUSAGE
+        rows[(live, PY_AIO)].note = PY_AIO_NOTE
     return out
