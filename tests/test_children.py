@@ -17,7 +17,7 @@ import pytest
 
 import fastreap
 from conftest import run_program, wait_ready
-from fastreap import _procfs, _watcher
+from fastreap import _backend_sigchld, _core, _procfs, _watcher
 
 
 def sh(code: str) -> subprocess.Popen[bytes]:
@@ -415,8 +415,6 @@ def _plain_sleepers(n: int) -> list[fastreap.Child]:
 def _no_timer_help(monkeypatch: pytest.MonkeyPatch, quiet_too: bool) -> None:
     """Make the loss-check timer useless for a test's span (before its
     children are watched: the periodic check is scheduled then)."""
-    from fastreap import _backend_sigchld
-
     monkeypatch.setattr(_backend_sigchld, "_PERIOD", 3600.0)
     if quiet_too:
         monkeypatch.setattr(_backend_sigchld, "_CHECK_QUIET", 3600.0)
@@ -475,8 +473,8 @@ def test_small_n_coalesced_sigchld_found_by_the_timer_when_nobody_calls(
 ) -> None:
     # The same, but nobody waits again: the check deferred out of the
     # leader's way is backed by the quiet timer (~5 ms), so the poller
-    # becomes readable (asyncio's reader, a selector) and poll_now finds
-    # the rest. The periodic check is an hour away: only that timer can.
+    # becomes readable (asyncio's reader, a selector) and the timer's
+    # token runs it. The periodic check is an hour away: only that timer can.
     _no_timer_help(monkeypatch, quiet_too=False)
     kids = _plain_sleepers(4)
     dead, live = kids[:3], kids[3:]
@@ -485,9 +483,13 @@ def test_small_n_coalesced_sigchld_found_by_the_timer_when_nobody_calls(
     # check did not run in its way.
     assert sum(_watcher.Watcher.done(c) for c in dead) == 1
     assert sigchld_watcher.sigchld.check_next
-    ready, _, _ = select.select([sigchld_watcher.fileno()], [], [], 30)
+    pfd = sigchld_watcher.fileno()
+    ready, _, _ = select.select([pfd], [], [], 30)
     assert ready
-    sigchld_watcher.poll_now()
+    with sigchld_watcher.lock:  # what poll_now does, less its own run_deferred: the timer alone
+        tokens = _core.poller_wait(pfd, 0.0)
+        assert tokens == [_backend_sigchld.CHECK]
+        sigchld_watcher.process(tokens)
     assert all(_watcher.Watcher.done(c) for c in dead)
     assert all(c.returncode == -signal.SIGKILL for c in dead)
     assert not sigchld_watcher.sigchld.check_owed

@@ -334,7 +334,9 @@ class SigchldBackend:
             self._settled()
             return
         now = time.monotonic()
-        if self.check_owed and not self.check_next and now < self.due:
+        if self.check_next:
+            pass  # due by count (deferred to here or the watcher's next call): now
+        elif self.check_owed and now < self.due:
             quiet = self.last_chld + _CHECK_QUIET
             latest = self.owed_since + max(_CHECK_MAX_AGE, 500 * self.check_cost)
             if now < quiet and now < latest:
