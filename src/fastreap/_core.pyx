@@ -1007,6 +1007,7 @@ cdef int _chld_wake(w) except -1:
         return 0
     children = w.children
     pidfd_of = w.pidfd_of
+    kids = []
     for i in range(n):
         pid = buf[i]
         if pid not in starts:
@@ -1020,6 +1021,7 @@ cdef int _chld_wake(w) except -1:
                 sig.on_ring([buf[i] for i in range(n)], False)
                 return 0
             t = starts[pid]
+            kids.append(c)
             ids[k] = pid
             ts[k] = -1 if t is None else t
             k += 1
@@ -1050,12 +1052,15 @@ cdef int _chld_wake(w) except -1:
                 status = None  # reaped elsewhere (and maybe the pid reused): not ours to take
             else:
                 continue  # running (or an error WNOHANG cannot give): keep watching
-            c = children[pid]
+            c = kids[i]
+            if c._done():
+                continue  # finished meanwhile (by a done callback of one before it)
             if status is None:
                 w.lose(c)  # what its owner found, or lost
                 continue
-            del children[pid]
-            del starts[pid]
+            if children.get(pid) is c:  # (not a new child that a callback watched under the freed pid)
+                del children[pid]
+                starts.pop(pid, None)
             if w.followers or w.callbacks:
                 w._finished(c, status)
             else:
