@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 import fastreap
 from conftest import run_program, wait_ready
-from fastreap import _procfs, _watcher
+from fastreap import _backend_sigchld, _core, _procfs, _watcher
 
 
 def sh(code: str) -> subprocess.Popen[bytes]:
@@ -403,6 +404,95 @@ def test_coalesced_sigchld_found_in_asyncio() -> None:
         return await asyncio.wait_for(asyncio.gather(*(aio.wait(c) for c in dead)), 30)
 
     assert asyncio.run(main()) == [-signal.SIGKILL] * 5
+    fastreap.kill(live)
+
+
+def _plain_sleepers(n: int) -> list[fastreap.Child]:
+    """n plain pids (Owner.direct: the compiled SIGCHLD wake-up's case)."""
+    return [fastreap.watch(os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ)) for _ in range(n)]
+
+
+def _no_timer_help(monkeypatch: pytest.MonkeyPatch, quiet_too: bool) -> None:
+    """Make the loss-check timer useless for a test's span (before its
+    children are watched: the periodic check is scheduled then)."""
+    monkeypatch.setattr(_backend_sigchld, "_PERIOD", 3600.0)
+    if quiet_too:
+        monkeypatch.setattr(_backend_sigchld, "_CHECK_QUIET", 3600.0)
+        monkeypatch.setattr(_backend_sigchld, "_CHECK_MAX_AGE", 3600.0)
+
+
+def _leader_sees_one_sigchld_for(w: _watcher.Watcher, dead: list[fastreap.Child]) -> None:
+    """A thread leads (blocked in the poller) for FIRST_EXITED of dead; dead
+    are killed with SIGCHLD blocked in every thread, so one SIGCHLD (naming
+    one of them) wakes the leader: the compiled wake-up reaps that one and
+    returns. Which of them the others' swallowed SIGCHLDs are is left to the
+    loss check, due by count at this n."""
+    if threading.active_count() != 1:
+        pytest.skip("another thread could take the SIGCHLD")
+    res: list[object] = []
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        t = threading.Thread(target=lambda: res.append(fastreap.wait(dead, 30, fastreap.FIRST_EXITED)))
+        t.start()  # inherits the blocked SIGCHLD
+        while not w.leading:
+            time.sleep(0.001)
+        for c in dead:
+            os.kill(c.pid, signal.SIGKILL)
+        for c in dead:  # every one is a zombie before the single delivery
+            os.waitid(os.P_PID, c.pid, os.WEXITED | os.WNOWAIT)
+        assert signal.SIGCHLD in signal.sigpending()
+    finally:
+        # Delivered here; the wake-up descriptor wakes the leader.
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    t.join(30)
+    assert not t.is_alive() and res
+
+
+def test_small_n_coalesced_sigchld_found_by_the_next_wait(
+    sigchld_watcher: _watcher.Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Below 32 children the loss check is due after every exit; it runs
+    # after the waiter that the SIGCHLD woke has returned (not in its
+    # latency), at the watcher's next call: here the wait for the others.
+    # No timer can help (the periodic and quiet checks are an hour away).
+    _no_timer_help(monkeypatch, quiet_too=True)
+    kids = _plain_sleepers(4)
+    dead, live = kids[:3], kids[3:]
+    checks = fastreap.counters()["loss_checks"]
+    _leader_sees_one_sigchld_for(sigchld_watcher, dead)
+    done, pending = fastreap.wait(dead, 30, fastreap.ALL_EXITED)
+    assert done == set(dead) and not pending
+    assert all(c.returncode == -signal.SIGKILL for c in dead)
+    assert fastreap.counters()["loss_checks"] == checks + 1
+    assert live[0].returncode is None
+    fastreap.kill(live)
+
+
+def test_small_n_coalesced_sigchld_found_by_the_timer_when_nobody_calls(
+    sigchld_watcher: _watcher.Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same, but nobody waits again: the check deferred out of the
+    # leader's way is backed by the quiet timer (~5 ms), so the poller
+    # becomes readable (asyncio's reader, a selector) and the timer's
+    # token runs it. The periodic check is an hour away: only that timer can.
+    _no_timer_help(monkeypatch, quiet_too=False)
+    kids = _plain_sleepers(4)
+    dead, live = kids[:3], kids[3:]
+    _leader_sees_one_sigchld_for(sigchld_watcher, dead)
+    # The leader's waiter returned with the SIGCHLD's sender only: the
+    # check did not run in its way.
+    assert sum(_watcher.Watcher.done(c) for c in dead) == 1
+    assert sigchld_watcher.sigchld.check_next
+    pfd = sigchld_watcher.fileno()
+    ready, _, _ = select.select([pfd], [], [], 30)
+    assert ready
+    with sigchld_watcher.lock:  # what poll_now does, less its own run_deferred: the timer alone
+        tokens = _core.poller_wait(pfd, 0.0)
+        assert tokens == [_backend_sigchld.CHECK]
+        sigchld_watcher.process(tokens)
+    assert all(_watcher.Watcher.done(c) for c in dead)
+    assert all(c.returncode == -signal.SIGKILL for c in dead)
+    assert not sigchld_watcher.sigchld.check_owed
     fastreap.kill(live)
 
 

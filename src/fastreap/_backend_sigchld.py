@@ -25,6 +25,21 @@ SIGCHLD was swallowed is reaped at most ~5 ms late (or 0.1 s under a steady
 stream of exits). Waiters and asyncio need nothing special: the timer is just
 another descriptor in the watcher's poller.
 
+A check due by count is not run inside the exit that made it due, between
+the wake-up and the waiter's return (that was latency on every exit below 32
+children): it is deferred (``check_next``) to the watcher's next call
+(``run_deferred``: at once when any thread next waits, when a leader goes
+round again for a predicate still false, or after ``poll_now``), and the
+quiet timer above is armed as well, so it also runs within the same ~5 ms
+when nobody calls. A waiter for a child whose SIGCHLD was swallowed is in
+``wait_until``: it goes round (or, as a follower, is woken and leads) and
+runs the check before it blocks.
+
+The wake-up itself is compiled (``_core.chld_wake``): drain the ring, check
+each plain pid's start time and reap it (``reap_checked``), finish it, keep
+the books above; Python runs only for owners that may reap themselves, a
+lost ring slot, or no timer (``on_ring``).
+
 Not trusting SIGCHLD. A SIGCHLD may never come: blocked in every thread,
 its handler replaced by another library, or ignored (SIG_IGN). So while any
 child is on this path a loss check also runs every ``_PERIOD`` seconds
@@ -98,6 +113,10 @@ class SigchldBackend:
         self.installed = False  # our C handler is on SIGCHLD (kept across swaps and forks)
         self.tfd = -1  # the loss check's timer (Linux)
         self.check_owed = False
+        # The owed check is due by count (or the ring overflowed): it runs at
+        # the watcher's next call (run_deferred) or from the timer, whichever
+        # comes first, not inside the exit that made it due (module docstring).
+        self.check_next = False
         self.owed_since = 0.0
         self.last_chld = 0.0
         self.exits_since_check = 0
@@ -217,35 +236,61 @@ class SigchldBackend:
         return now == start or now == _procfs.UNKNOWN  # only a proven mismatch says no
 
     def on_wake(self) -> None:
-        """The wake-up descriptor fired: a handled signal or a SIGCHLD."""
+        """The wake-up descriptor fired: a handled signal or a SIGCHLD. (The
+        watcher calls the compiled ``_core.chld_wake``, which drains the
+        descriptor too and comes to on_ring for the unusual cases.)"""
+        self.on_ring(*_core.chld_drain())
+
+    def on_ring(self, pids: list[int], overflow: bool) -> None:
+        """Act on the SIGCHLD senders drained from the ring (``overflow``: some
+        were lost). ``_core.chld_wake`` is this, compiled, for the usual case
+        (plain pids, nothing lost, a timer): keep the two in step."""
         w = self.w
-        pids, overflow = _core.chld_drain()
         if not self.starts or not (pids or overflow):
             return  # nothing on this path, or another signal's wake-up
         # Each delivered SIGCHLD may have swallowed others: a loss check is
         # owed. Owe it before the work below, so that an exception there
-        # (Ctrl-C, a callback) cannot drop it. It runs now when enough exits
-        # have paid for it, else from the timer once SIGCHLDs are quiet
-        # (module docstring).
+        # (Ctrl-C, a callback) cannot drop it. It is due at once when enough
+        # exits have paid for it (run at the watcher's next call: run_deferred),
+        # else from the timer once SIGCHLDs are quiet (module docstring).
         now = time.monotonic()
         self.last_chld = now
         self.exits_since_check += len(pids)
         now_check = overflow or self.tfd < 0 or self.exits_since_check >= len(w.children) >> 5
-        quiet_at = now + (min(_CHECK_QUIET, max(0.0, self.due - now)) or 1e-6)
-        if not self.check_owed and self.tfd >= 0:
+        owed = self.check_owed
+        if not owed and self.tfd >= 0:
             self.check_owed = True
             self.owed_since = now
-            if not now_check:
-                self._arm(now, quiet_at)
+        if now_check:
+            self.check_next = True
         try:
             self.reap_ringed(pids)
         except BaseException:
-            self._arm(now, quiet_at)  # the check stays owed: the timer runs it
+            self.arm_quiet(now)  # the check stays owed: the timer runs it
             raise
         if not self.starts:
             self._settled()  # nothing left on this path that a lost SIGCHLD could hide
-        elif now_check:
-            self.loss_check()
+        elif self.tfd < 0:
+            self.loss_check()  # no timer to back a deferred check: now
+        elif not owed:
+            self.arm_quiet(now)
+
+    def arm_quiet(self, now: float) -> None:
+        """Have the timer run the owed check once SIGCHLDs are quiet (or the
+        periodic check is due, if sooner)."""
+        self._arm(now, now + (min(_CHECK_QUIET, max(0.0, self.due - now)) or 1e-6))
+
+    def run_deferred(self) -> None:
+        """Run a loss check that is due by count (check_next), if any."""
+        if not self.check_next:
+            return
+        self.loss_check()
+        if self.starts and self.armed_at is not None and self.armed_at < self.due:
+            # Its backstop (the quiet timer) is not needed now: move it to
+            # the periodic check, rather than be woken for nothing.
+            now = time.monotonic()
+            _core.timer_arm(self.tfd, max(self.due - now, 1e-6))
+            self.armed_at = self.due
 
     def reap_ringed(self, pids: list[int]) -> None:
         """Reap the SIGCHLD senders that are ours on this path. Plain pids
@@ -278,6 +323,7 @@ class SigchldBackend:
         with nothing to run it for would stop register() from scheduling the
         next child's periodic checks)."""
         self.check_owed = False
+        self.check_next = False
         self.exits_since_check = 0
 
     def on_check_timer(self) -> None:
@@ -288,7 +334,9 @@ class SigchldBackend:
             self._settled()
             return
         now = time.monotonic()
-        if self.check_owed and now < self.due:
+        if self.check_next:
+            pass  # due by count (deferred to here or the watcher's next call): now
+        elif self.check_owed and now < self.due:
             quiet = self.last_chld + _CHECK_QUIET
             latest = self.owed_since + max(_CHECK_MAX_AGE, 500 * self.check_cost)
             if now < quiet and now < latest:
@@ -375,6 +423,7 @@ class SigchldBackend:
         self.check_cost = now - t0
         self.exits_since_check = 0
         self.check_owed = False
+        self.check_next = False
         if self.starts:
             self._schedule(now)
         else:

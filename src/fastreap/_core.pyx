@@ -948,11 +948,132 @@ def lead(w, int pfd, double timeout):
             w.cond.notify_all()
         if pending is not None:
             raise pending
-    if n == 1 and tokens[0] > 0:
-        c = (<dict>w.children).get(tokens[0])
-        if c is not None and c._owner.direct and _reap_direct(w, c):
+    if n == 1:
+        if tokens[0] > 0:
+            c = (<dict>w.children).get(tokens[0])
+            if c is not None and c._owner.direct and _reap_direct(w, c):
+                return None
+        elif tokens[0] == _WAKE:
+            _chld_wake(w)
             return None
     return [tokens[i] for i in range(n)]
+
+
+cdef enum:
+    _RING_BATCH = 64  # senders taken per drain on the compiled path
+cdef int64_t _WAKE = -1  # the global wake-up descriptor's poller token (fastreap._watcher.WAKE)
+
+
+def chld_wake(w):
+    """The global wake-up descriptor was reported (token WAKE; watcher lock
+    held): drain it and the SIGCHLD ring, and act on the senders as
+    ``SigchldBackend.on_ring`` does (compiled: see _chld_wake)."""
+    _chld_wake(w)
+
+
+cdef int _chld_wake(w) except -1:
+    """SigchldBackend.on_ring for the usual case, with no bytecode between the
+    wake-up and the waiter's return: every sender on the SIGCHLD path is a
+    plain pid (``Owner.direct``), none was lost, the loss-check timer is
+    there. Each is reaped after its start time is checked (fr_reap_checked:
+    a pid that names another process now is never reaped) and finished as
+    w.finish would (a plain pid on this path has no other registration to
+    forget). Anything else goes to on_ring with the drained pids."""
+    cdef int buf[_RING_BATCH]
+    cdef int ids[_RING_BATCH]
+    cdef long long ts[_RING_BATCH]
+    cdef int rs[_RING_BATCH]
+    cdef fr_exit es[_RING_BATCH]
+    cdef int lost = 0, n, k = 0, i, j, pid
+    cdef bint owed, now_check
+    cdef dict starts, children
+    fr_global_wake_drain()
+    n = fr_chld_drain(buf, _RING_BATCH, &lost)
+    sig = w.sigchld
+    starts = sig.starts
+    if not starts:
+        if n == _RING_BATCH:
+            chld_drain()  # nothing on this path: the rest is not ours either
+        return 0
+    if n == 0 and not lost:
+        return 0  # another signal's wake-up
+    if lost or n == _RING_BATCH or sig.tfd < 0:
+        pids = [buf[i] for i in range(n)]
+        if n == _RING_BATCH:
+            more, lost2 = chld_drain()
+            pids += more
+            lost = lost or lost2
+        sig.on_ring(pids, bool(lost))
+        return 0
+    children = w.children
+    pidfd_of = w.pidfd_of
+    kids = []
+    for i in range(n):
+        pid = buf[i]
+        if pid not in starts:
+            continue
+        for j in range(k):
+            if ids[j] == pid:
+                break
+        else:
+            c = children[pid]
+            if not c._owner.direct or pid in pidfd_of:
+                sig.on_ring([buf[i] for i in range(n)], False)
+                return 0
+            t = starts[pid]
+            kids.append(c)
+            ids[k] = pid
+            ts[k] = -1 if t is None else t
+            k += 1
+    # The books of on_ring: the check this SIGCHLD may have swallowed others
+    # for is owed before the reap (an exception there cannot drop it).
+    now = _time.monotonic()
+    sig.last_chld = now
+    exits = sig.exits_since_check + n
+    sig.exits_since_check = exits
+    now_check = exits >= (len(children) >> 5)
+    owed = sig.check_owed
+    if not owed:
+        sig.check_owed = True
+        sig.owed_since = now
+    if now_check:
+        sig.check_next = True
+    try:
+        if k > 4:
+            with nogil:
+                fr_reap_checked(ids, ts, k, es, rs)
+        else:
+            fr_reap_checked(ids, ts, k, es, rs)
+        for i in range(k):
+            pid = ids[i]
+            if rs[i] == 1:
+                status = _status_of(&es[i])
+            elif rs[i] == FR_REAP_OTHER or rs[i] == -ECHILD:
+                status = None  # reaped elsewhere (and maybe the pid reused): not ours to take
+            else:
+                continue  # running (or an error WNOHANG cannot give): keep watching
+            c = kids[i]
+            if c._done():
+                continue  # finished meanwhile (by a done callback of one before it)
+            if status is None:
+                w.lose(c)  # what its owner found, or lost
+                continue
+            if children.get(pid) is c:  # (not a new child that a callback watched under the freed pid)
+                del children[pid]
+                starts.pop(pid, None)
+            if w.followers or w.callbacks:
+                w._finished(c, status)
+            else:
+                w.finished += 1
+                c._status = status
+    except BaseException:
+        sig.arm_quiet(now)  # the check stays owed: the timer runs it
+        raise
+    if not starts:
+        sig._settled()  # nothing left on this path that a lost SIGCHLD could hide
+    elif not owed:
+        sig.arm_quiet(now)
+    return 0
 
 
 def start_time(int pid):

@@ -370,8 +370,7 @@ class Watcher:
                 elif not self.try_reap(c, tok in self.pidfd_of):
                     self.pidfd.rearm((tok,))  # not finished after all: keep its exit reported
             elif tok == WAKE:
-                _core.global_wake_drain()
-                self.sigchld.on_wake()
+                _core.chld_wake(self)  # drains it, then SigchldBackend.on_ring, compiled
             elif tok == CHECK:
                 self.sigchld.on_check_timer()
         if batch is not None:
@@ -459,6 +458,8 @@ class Watcher:
         sigchld = self.sigchld
         with self.lock:
             self.check_open()
+            if sigchld.check_next and not self.leading:
+                sigchld.run_deferred()  # the check the last exits made due (_backend_sigchld)
             if (
                 not pred()
                 and self.pfd >= 0
@@ -475,7 +476,9 @@ class Watcher:
                 # in each back-to-back wait and make an exit's cost grow with
                 # the number of live children.
                 self.process(_core.poller_wait(self.pfd, 0.0))
-                if sigchld.check_owed and not pred() and deadline.remaining() == 0.0:
+                if sigchld.check_next:
+                    sigchld.run_deferred()
+                elif sigchld.check_owed and not pred() and deadline.remaining() == 0.0:
                     sigchld.loss_check()
             while not pred():
                 remaining = deadline.remaining()  # -1.0: forever
@@ -487,6 +490,12 @@ class Watcher:
                         self.cond.wait(None if remaining < 0 else remaining)
                     finally:
                         self.followers -= 1
+                    continue
+                if sigchld.check_next:
+                    # Due by count at the last exit (deferred out of its
+                    # waiter's way): before blocking, so that a child whose
+                    # SIGCHLD it swallowed is not left to the timer.
+                    sigchld.run_deferred()
                     continue
                 pfd = self.poller()
                 no_timer = sigchld.no_timer  # (set once, when the timer cannot be had)
@@ -511,6 +520,7 @@ class Watcher:
             if self.pfd < 0 or self.closed or self.leading:
                 return
             self.process(_core.poller_wait(self.pfd, 0.0))
+            self.sigchld.run_deferred()
 
     def check_open(self) -> None:
         if self.closed:
