@@ -359,7 +359,7 @@ def case(case: str, exe: str, n: int) -> dict[str, list[float]]:
 
 
 def run(quick: bool, progress: Progress) -> list[Result]:
-    rounds, n = pick(quick, (7, 30), (3, 8), (1, 2))
+    rounds, n = pick(quick, (15, 20), (3, 8), (1, 2))
     groups = {live: f"exit-to-reaped latency, exec'd C stamping child, {live} live" for live in LIVES}
     rows = {
         (live, name): Result(groups[live], name, "us", baseline=base, goal=goal)
