@@ -458,14 +458,19 @@ def test_small_n_coalesced_sigchld_found_by_the_next_wait(
     _no_timer_help(monkeypatch, quiet_too=True)
     kids = _plain_sleepers(4)
     dead, live = kids[:3], kids[3:]
-    checks = fastreap.counters()["loss_checks"]
-    _leader_sees_one_sigchld_for(sigchld_watcher, dead)
-    done, pending = fastreap.wait(dead, 30, fastreap.ALL_EXITED)
-    assert done == set(dead) and not pending
-    assert all(c.returncode == -signal.SIGKILL for c in dead)
-    assert fastreap.counters()["loss_checks"] == checks + 1
-    assert live[0].returncode is None
-    fastreap.kill(live)
+    try:
+        checks = fastreap.counters()["loss_checks"]
+        _leader_sees_one_sigchld_for(sigchld_watcher, dead)
+        done, pending = fastreap.wait(dead, 30, fastreap.ALL_EXITED)
+        assert done == set(dead) and not pending
+        assert all(c.returncode == -signal.SIGKILL for c in dead)
+        # At least the deferred one (a thread the test does not know of, as
+        # under ASan, may take a SIGCHLD early: then a second wake-up owes
+        # another, harmless, check).
+        assert fastreap.counters()["loss_checks"] >= checks + 1
+        assert live[0].returncode is None
+    finally:
+        fastreap.kill(kids)
 
 
 def test_small_n_coalesced_sigchld_found_by_the_timer_when_nobody_calls(
