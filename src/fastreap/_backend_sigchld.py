@@ -3,10 +3,11 @@ every child when the kernel has no pidfd, or with ``FASTREAP_BACKEND=sigchld``.
 
 They are noticed through fastreap's C SIGCHLD handler, which records the
 sender (``si_pid``) in a lock-free ring and pokes the global wake-up
-descriptor (token ``WAKE`` in the watcher's poller). ``on_wake`` reaps exactly
-those pids: O(1) per exit. Without a pidfd a pid could be reused once someone
-else reaped it, so each child's start time (``/proc``) is kept and compared
-before it is signalled or its status taken (``same_process``).
+descriptor (token ``WAKE`` in the watcher's poller). ``_core.chld_wake``
+(``on_ring`` for the unusual cases) reaps exactly those pids: O(1) per exit.
+Without a pidfd a pid could be reused once someone else reaped it, so each
+child's start time (``/proc``) is kept and compared before it is signalled
+or its status taken (``same_process``).
 
 The loss check. SIGCHLD coalesces: one delivered SIGCHLD may hide other
 exits. The check asks the kernel whether any zombie is left
@@ -234,12 +235,6 @@ class SigchldBackend:
             return True
         now = _procfs.start_time(pid)
         return now == start or now == _procfs.UNKNOWN  # only a proven mismatch says no
-
-    def on_wake(self) -> None:
-        """The wake-up descriptor fired: a handled signal or a SIGCHLD. (The
-        watcher calls the compiled ``_core.chld_wake``, which drains the
-        descriptor too and comes to on_ring for the unusual cases.)"""
-        self.on_ring(*_core.chld_drain())
 
     def on_ring(self, pids: list[int], overflow: bool) -> None:
         """Act on the SIGCHLD senders drained from the ring (``overflow``: some

@@ -452,10 +452,6 @@ def global_wake_fd():
     return fr_global_wake_rfd()
 
 
-def global_wake_drain():
-    fr_global_wake_drain()
-
-
 def chld_drain():
     """SIGCHLD senders recorded since the last call, and whether some were lost."""
     cdef int buf[512]

@@ -22,7 +22,7 @@ import select
 import signal
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _cref
@@ -240,27 +240,29 @@ def _py_sigchld(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
         os.close(w)
 
 
-def _fr_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
+def _aio_loop(
+    exe: str, stamps: _Stamps, n: int, live: int, arm: Callable[[int], Awaitable[Any]]
+) -> list[float]:
+    """_py_loop on an asyncio loop: arm(pid), called right after each spawn
+    (before its child may exit), gives what to await for that child; the
+    live - 1 others' awaitables stay pending meanwhile, the measured child's
+    is awaited through asyncio.gather."""
     import asyncio
-
-    import fastreap
-    import fastreap.aio
 
     async def main() -> list[float]:
         idle_r, idle_w = _pipe()
-        others = [fastreap.watch(_spawn(exe, idle_r, stamps)) for _ in range(live - 1)]
+        pending = [asyncio.ensure_future(arm(_spawn(exe, idle_r, stamps))) for _ in range(live - 1)]
         os.close(idle_r)
-        pending = [asyncio.ensure_future(fastreap.aio.wait(o)) for o in others]
         out: list[float] = []
         try:
             for _ in range(n):
                 go_r, go_w = _pipe()
                 stamps.clear()
-                c = fastreap.watch(_spawn(exe, go_r, stamps))
+                waiting = arm(_spawn(exe, go_r, stamps))
                 os.close(go_r)
                 os.write(go_w, b"x")
                 os.close(go_w)
-                await asyncio.gather(fastreap.aio.wait(c))
+                await asyncio.gather(waiting)
                 t1 = _clock()
                 out.append((t1 - stamps.get()) / 1e3)
         finally:
@@ -269,52 +271,36 @@ def _fr_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
         return out
 
     return asyncio.run(main())
+
+
+def _fr_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
+    import fastreap
+    import fastreap.aio
+
+    return _aio_loop(exe, stamps, n, live, lambda pid: fastreap.aio.wait(fastreap.watch(pid)))
 
 
 def _py_aio(exe: str, stamps: _Stamps, n: int, live: int) -> list[float]:
     """What asyncio itself costs: one loop reader per child on its pidfd, a
     future set by the reader's callback (remove the reader, close the pidfd,
-    wait4 with rusage); the measured child's future awaited through
-    asyncio.gather, the others pending meanwhile, as in _fr_aio."""
+    wait4 with rusage)."""
     import asyncio
 
-    async def main() -> list[float]:
+    def arm(pid: int) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
+        fd = os.pidfd_open(pid)
+        fut: asyncio.Future[None] = loop.create_future()
 
-        def arm(pid: int) -> asyncio.Future[None]:
-            fd = os.pidfd_open(pid)
-            fut: asyncio.Future[None] = loop.create_future()
+        def ready() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            os.wait4(pid, 0)  # with rusage: see RUSAGE
+            fut.set_result(None)
 
-            def ready() -> None:
-                loop.remove_reader(fd)
-                os.close(fd)
-                os.wait4(pid, 0)  # with rusage: see RUSAGE
-                fut.set_result(None)
+        loop.add_reader(fd, ready)
+        return fut
 
-            loop.add_reader(fd, ready)
-            return fut
-
-        idle_r, idle_w = _pipe()
-        pending = [arm(_spawn(exe, idle_r, stamps)) for _ in range(live - 1)]
-        os.close(idle_r)
-        out: list[float] = []
-        try:
-            for _ in range(n):
-                go_r, go_w = _pipe()
-                stamps.clear()
-                fut = arm(_spawn(exe, go_r, stamps))
-                os.close(go_r)
-                os.write(go_w, b"x")
-                os.close(go_w)
-                await asyncio.gather(fut)
-                t1 = _clock()
-                out.append((t1 - stamps.get()) / 1e3)
-        finally:
-            os.close(idle_w)
-            await asyncio.gather(*pending)
-        return out
-
-    return asyncio.run(main())
+    return _aio_loop(exe, stamps, n, live, arm)
 
 
 def case(case: str, exe: str, n: int) -> dict[str, list[float]]:
