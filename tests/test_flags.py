@@ -362,6 +362,27 @@ def test_exit_true_raises_stopped_and_runs_finally(how: str) -> None:
     assert "Traceback" not in out  # SystemExit: a quiet, conventional exit
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kick timer is Linux-only")
+@pytest.mark.parametrize("blocking", ["read", "sleep"])
+def test_exit_true_interrupts_the_main_threads_call_when_another_thread_gets_the_signal(
+    blocking: str,
+) -> None:
+    # Python trips the main thread's handler but nothing interrupts the call
+    # it is blocked in (the same happens when a signal lands on the main
+    # thread just before the call starts: CI saw fastreap.Process.stop()
+    # time out on a child in time.sleep). fastreap's kick timer does.
+    p = child("exit_elsewhere", blocking)
+    try:
+        code, r, out = finish(p, timeout=30)
+    finally:
+        if p.poll() is None:  # without the kick: still blocked
+            p.kill()
+            p.communicate()
+    assert code == 143, out
+    assert r == {"code": 143, "signal": signal.SIGTERM, "count": 1, "flag_signal": signal.SIGTERM}, out
+    assert "FINALLY" in out and "NOT STOPPED" not in out
+
+
 @pytest.mark.parametrize("shape", ["tight", "call"])
 def test_exit_true_stopped_lands_in_the_loops_try(shape: str) -> None:
     # Regression (CHANGES/15): on CPython 3.13 the back edge of `while <test>:`

@@ -417,6 +417,19 @@ def set_exit(int signo, bint on):
     fr_set_exit(signo, on)
 
 
+def kick_setup(int signo):
+    """Make the timer that kicks the main thread (the caller) out of a blocking
+    call when signo arrives in exit mode (handler.c). False where there is
+    none (off Linux, or timer_create refused): Stopped then waits for the
+    main thread's next bytecode, as a Python handler would."""
+    return fr_kick_setup(signo) == 0
+
+
+def kick_disarm():
+    """Stop every pending kick (Python has run the handler)."""
+    fr_kick_disarm_all()
+
+
 def bind(int signo, StopFlag flag):
     flag._ensure_fd()
     if fr_bind(signo, flag.ptr()) < 0:

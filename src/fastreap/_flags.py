@@ -103,6 +103,7 @@ _MONITORING_NAME = "fastreap"
 
 def _raise_stopped(signum: int, frame: Any) -> None:
     global _raised_in
+    _core.kick_disarm()  # we run: the main thread needs no more kicks
     if _deferred is not None:  # a deferred raise that never happened: raise now
         raise Stopped(_cancel_deferred())
     gen = _fork.generation()
@@ -254,6 +255,10 @@ def handle_signals(
                     _installed[s] = rec
                 step = [s, rec, new, False, False]
                 done.append(step)
+                if exit:
+                    # Once per process (a fork child makes its own); best
+                    # effort, none off Linux: see kick_setup.
+                    _core.kick_setup(s)
                 if exit and not rec.exit:
                     _core.save(s)  # the original C disposition, before signal.signal touches it
                     _signal.signal(s, _raise_stopped)

@@ -152,6 +152,53 @@ def exit_mode(how: str = "sleep") -> None:
         print("FINALLY", flush=True)
 
 
+def _asleep(tid: int) -> bool:
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "S"
+
+
+def exit_elsewhere(blocking: str) -> None:
+    """exit=True, the main thread blocked in a call (a pipe read or a sleep)
+    and the signal delivered to another thread: Python only trips the main
+    thread's handler, nothing interrupts its call, so without fastreap's kick
+    Stopped would wait for the call to return (never, for the read)."""
+    fastreap.handle_signals(exit=True)
+    main = threading.get_native_id()
+    r, w = os.pipe()
+
+    def worker() -> None:
+        # The main thread is in its call once it has slept through several
+        # looks while this thread holds no GIL (it could sleep waiting for
+        # the GIL only while we hold it).
+        seen = 0
+        while seen < 5:
+            time.sleep(0.01)
+            seen = seen + 1 if _asleep(main) else 0
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread only
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        if blocking == "read":
+            os.read(r, 1)  # nobody writes: blocks until interrupted
+        else:
+            time.sleep(60)
+        print("NOT STOPPED", flush=True)
+    except fastreap.Stopped as e:
+        t.join()
+        result(
+            code=e.code,
+            signal=e.signal,
+            count=_flags.handled_signals().get(signal.SIGTERM),
+            flag_signal=_flags.default_flag().signal,
+        )
+        raise
+    finally:
+        os.close(r)
+        os.close(w)
+        print("FINALLY", flush=True)
+
+
 class _Loop:
     stop = False
 
@@ -475,6 +522,7 @@ SCENARIOS = {
     "sender": sender,
     "thread_install": thread_install,
     "exit": exit_mode,
+    "exit_elsewhere": exit_elsewhere,
     "exit_loop": exit_loop,
     "exit_repeat": exit_repeat,
     "restore": restore,

@@ -11,8 +11,10 @@
  *       function pointer so this file needs no Python.h;
  *   R4  the only system calls are write(2) on descriptors we own, the
  *       replacement of descriptors inherited across fork (fr_refresh_pair:
- *       eventfd or pipe, fcntl, dup3 or dup2, close, all async-signal-safe)
- *       and the previous handler we chain to (the caller's responsibility).
+ *       eventfd or pipe, fcntl, dup3 or dup2, close, all async-signal-safe),
+ *       timer_settime(2) on the kick timers we created (async-signal-safe in
+ *       POSIX) and the previous handler we chain to (the caller's
+ *       responsibility).
  * Code that is *not* called from the handler (install, bind, drain) runs with
  * the GIL held in the Python thread that asks for it; it may use any call.
  * fr_atfork_child runs in the child of every fork(), before Python does: it
@@ -30,6 +32,8 @@
 #include <unistd.h>
 #if FASTREAP_LINUX
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
 #endif
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
@@ -58,6 +62,15 @@ static int fr_gw_r = -1, fr_gw_w = -1;
 static uint32_t fr_gw_stamp;
 static uint32_t fr_fork_gen; /* 0 in the process that loaded us, +1 per fork */
 static int fr_fork_hook_state;
+
+/* The main-thread kick (see fr_kick_setup): per signal, a POSIX timer made in
+ * generation fr_kick_gen[signo] - 1 (0: none), and the kicks it has left. */
+#if FASTREAP_LINUX
+static timer_t fr_kick_timer[FASTREAP_NSIG];
+static uint32_t fr_kick_gen[FASTREAP_NSIG];
+#endif
+static int fr_kick_left[FASTREAP_NSIG];
+static int fr_kick_cookie; /* its address tells a kick from a real signal */
 
 /* SIGCHLD senders, a multi-producer ring read by one consumer under a lock. */
 static int fr_ring[FASTREAP_RING];
@@ -330,10 +343,106 @@ void fr_quiesce(void) {
     for (long i = 0; i < 1000000 && LOAD(&fr_inflight) > 0; i++) sched_yield();
 }
 
+/* ---- the main-thread kick ---------------------------------------------
+ * Python runs a signal's handler only in the main thread, at its next
+ * bytecode or when a blocking call there fails with EINTR. A signal that lands
+ * on another thread, or on the main thread just before it enters a blocking
+ * call (time.sleep, a read), leaves Stopped waiting until that call returns,
+ * which may be never. So in exit mode the handler also arms a one-shot timer
+ * made by fr_kick_setup, which sends the same signal to the main thread only
+ * (SIGEV_THREAD_ID): after 1 ms, then 10 ms and 100 ms later while Python
+ * has not run its handler (fr_kick_disarm, from that handler, stops it). The
+ * kick's only effect is the EINTR: the handler tells it apart (SI_TIMER and
+ * our cookie) and returns. Three kicks and no more: a C loop that retries on
+ * EINTR with a fresh timeout must still finish. Linux only. */
+
+#define FASTREAP_KICKS 3
+
+static int fr_is_kick(int signo, const siginfo_t *info) {
+    (void)signo;
+    return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == (void *)&fr_kick_cookie;
+}
+
+/* R2 + R4. Arm signo's timer to fire after ms milliseconds (0: disarm). */
+static void fr_kick_settime(int signo, long ms) {
+#if FASTREAP_LINUX
+    if (LOAD(&fr_kick_gen[signo]) != LOAD(&fr_fork_gen) + 1) return; /* none in this process */
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_sec = ms / 1000;
+    its.it_value.tv_nsec = (ms % 1000) * 1000000L;
+    (void)timer_settime(fr_kick_timer[signo], 0, &its, NULL);
+#else
+    (void)signo;
+    (void)ms;
+#endif
+}
+
+/* R2 + R4: from the handler, for a signal in exit mode. */
+static void fr_kick_arm(int signo) {
+    STORE(&fr_kick_left[signo], FASTREAP_KICKS);
+    fr_kick_settime(signo, 1);
+}
+
+/* R2 + R4: a kick arrived; arm the next one, if any is left. */
+static void fr_kick_next(int signo) {
+    if (signo <= 0 || signo >= FASTREAP_NSIG) return;
+    int left = LOAD(&fr_kick_left[signo]);
+    while (left > 0 && !__atomic_compare_exchange_n(&fr_kick_left[signo], &left, left - 1, 0,
+                                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    }
+    if (left == FASTREAP_KICKS) fr_kick_settime(signo, 10);
+    else if (left == FASTREAP_KICKS - 1) fr_kick_settime(signo, 100);
+}
+
+int fr_kick_setup(int signo) {
+    if (!valid_signo(signo)) {
+        errno = EINVAL;
+        return -1;
+    }
+#if FASTREAP_LINUX
+    uint32_t want = LOAD(&fr_fork_gen) + 1;
+    if (LOAD(&fr_kick_gen[signo]) == want) return 0;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = signo;
+    sev.sigev_value.sival_ptr = &fr_kick_cookie;
+#ifdef sigev_notify_thread_id
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+#else
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+#endif
+    timer_t t;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &t) < 0) return -1;
+    /* A fork child inherits the number of its parent's timer, not the timer. */
+    fr_kick_timer[signo] = t;
+    STORE(&fr_kick_gen[signo], want);
+    return 0;
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+void fr_kick_disarm(int signo) {
+    if (signo <= 0 || signo >= FASTREAP_NSIG) return;
+    if (__atomic_exchange_n(&fr_kick_left[signo], 0, __ATOMIC_SEQ_CST) != 0) fr_kick_settime(signo, 0);
+}
+
+void fr_kick_disarm_all(void) {
+    for (int s = 1; s < FASTREAP_NSIG; s++) fr_kick_disarm(s);
+}
+
 /* ---- the handler ------------------------------------------------------- */
 
 static void fr_handler(int signo, siginfo_t *info, void *ctx) {
     int saved_errno = errno; /* R1 */
+    if (fr_is_kick(signo, info)) { /* ours, not a signal anyone sent: no count, no flag, no chain */
+        fr_kick_next(signo);
+        errno = saved_errno; /* R1 */
+        return;
+    }
     __atomic_add_fetch(&fr_inflight, 1, __ATOMIC_SEQ_CST);
     if (signo > 0 && signo < FASTREAP_NSIG) {
         int sender = info ? (int)info->si_pid : 0;
@@ -350,7 +459,10 @@ static void fr_handler(int signo, siginfo_t *info, void *ctx) {
         }
         if (LOAD(&fr_gw_w) >= 0 && fr_gw_refresh_try()) fr_wakefd_poke(LOAD(&fr_gw_w)); /* R4 */
         int (*interrupt)(int) = LOAD(&fr_interrupt_fn);
-        if (LOAD(&fr_exit_mode[signo]) && interrupt) interrupt(signo); /* R3 */
+        if (LOAD(&fr_exit_mode[signo]) && interrupt) {
+            interrupt(signo); /* R3 */
+            fr_kick_arm(signo);
+        }
         switch (LOAD(&fr_chain_kind[signo])) {
             case 1:
                 fr_chain_act[signo].sa_handler(signo);
@@ -445,6 +557,7 @@ int fr_restore(int signo, int put_back) {
     }
     if (put_back && sigaction(signo, &fr_saved[signo], NULL) < 0) return -1;
     STORE(&fr_exit_mode[signo], 0);
+    fr_kick_disarm(signo);
     STORE(&fr_chain_kind[signo], 0);
     fr_saved_valid[signo] = 0;
     fr_installed[signo] = 0;
@@ -458,6 +571,7 @@ int fr_is_installed(int signo) {
 
 void fr_set_exit(int signo, int on) {
     if (signo > 0 && signo < FASTREAP_NSIG) STORE(&fr_exit_mode[signo], on ? 1 : 0);
+    if (!on) fr_kick_disarm(signo);
 }
 
 void fr_set_interrupt_fn(int (*fn)(int)) { STORE(&fr_interrupt_fn, fn); }

@@ -63,6 +63,14 @@ static inline int fr_flag_is_stale(const fr_flag *f) {
            s != fr_fork_generation() * 2;
 }
 
+/* The main-thread kick (handler.c): make signo's timer for the calling
+ * thread, which must be the main one (once per process and fork child; 0, or
+ * -1 with errno, ENOSYS off Linux); stop the kicks pending for one signal or
+ * for all. */
+int fr_kick_setup(int signo);
+void fr_kick_disarm(int signo);
+void fr_kick_disarm_all(void);
+
 /* Flag operations; fr_flag_set is async-signal-safe. */
 int fr_flag_set(fr_flag *f, int signo, int sender);
 int fr_flag_clear(fr_flag *f);

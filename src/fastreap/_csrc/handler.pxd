@@ -46,6 +46,8 @@ cdef extern from "handler.h" nogil:
     int fr_restore(int signo, int put_back)
     int fr_is_installed(int signo)
     void fr_set_exit(int signo, int on)
+    int fr_kick_setup(int signo)
+    void fr_kick_disarm_all()
     void fr_set_interrupt_fn(int (*fn)(int) noexcept)
 
     uint64_t fr_count(int signo)
