@@ -35,9 +35,6 @@ core = Extension(
         "src/fastreap/_csrc/poller_kqueue.c",
     ],
     include_dirs=["src/fastreap/_csrc"],
-    # timer_create (the main-thread kick) lives in librt before glibc 2.34
-    # (manylinux_2_28); a stub there since, and in musl.
-    libraries=["rt"] if sys.platform.startswith("linux") else [],
     extra_compile_args=CFLAGS,
     extra_link_args=LDFLAGS,
 )

@@ -490,3 +490,19 @@ def test_cli_cmd_cannot_run(cmd: list[str], code: int) -> None:
     )
     assert r.returncode == code, r.stderr
     assert cmd[0] in r.stderr
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [("", "auto"), ("sigchld", "sigchld"), ("pidfd", "pidfd"), ("SIGCHLD", None), ("epoll", None)],
+)
+def test_backend_variable(value: str, ok: str | None) -> None:
+    """FASTREAP_BACKEND: set but empty means unset (auto); anything but the
+    three names fails at import with a ValueError that names the variable."""
+    code = "import fastreap, fastreap._watcher as w; print(w.BACKEND)"
+    env = dict(os.environ, FASTREAP_BACKEND=value)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    if ok is None:
+        assert r.returncode != 0 and "ValueError: FASTREAP_BACKEND must be auto, pidfd or sigchld" in r.stderr, r
+    else:
+        assert r.returncode == 0 and r.stdout.strip() == ok, r

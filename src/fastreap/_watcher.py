@@ -47,7 +47,8 @@ WAKE = -1  # poller token of the global wake-up descriptor
 
 
 def _backend() -> str:
-    b = os.environ.get("FASTREAP_BACKEND", "auto")
+    # Set but empty counts as unset, as for most tools' variables.
+    b = os.environ.get("FASTREAP_BACKEND") or "auto"
     if b not in ("auto", "pidfd", "sigchld"):
         raise ValueError(f"FASTREAP_BACKEND must be auto, pidfd or sigchld, not {b!r}")
     return b

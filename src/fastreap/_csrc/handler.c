@@ -13,7 +13,7 @@
  *       replacement of descriptors inherited across fork (fr_refresh_pair:
  *       eventfd or pipe, fcntl, dup3 or dup2, close, all async-signal-safe),
  *       timer_settime(2) on the kick timers we created (async-signal-safe in
- *       POSIX) and the previous handler we chain to (the caller's
+ *       POSIX; made through syscall(2)) and the previous handler we chain to (the caller's
  *       responsibility).
  * Code that is *not* called from the handler (install, bind, drain) runs with
  * the GIL held in the Python thread that asks for it; it may use any call.
@@ -66,7 +66,7 @@ static int fr_fork_hook_state;
 /* The main-thread kick (see fr_kick_setup): per signal, a POSIX timer made in
  * generation fr_kick_gen[signo] - 1 (0: none), and the kicks it has left. */
 #if FASTREAP_LINUX
-static timer_t fr_kick_timer[FASTREAP_NSIG];
+static int fr_kick_timer[FASTREAP_NSIG]; /* the kernel's timer id */
 static uint32_t fr_kick_gen[FASTREAP_NSIG];
 #endif
 static int fr_kick_left[FASTREAP_NSIG];
@@ -363,15 +363,16 @@ static int fr_is_kick(int signo, const siginfo_t *info) {
     return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == (void *)&fr_kick_cookie;
 }
 
-/* R2 + R4. Arm signo's timer to fire after ms milliseconds (0: disarm). */
+/* R2 + R4. Arm signo's timer to fire after ms milliseconds (< 1000; 0:
+ * disarm). The timer calls are raw system calls, as the kernel takes them: the
+ * libc wrappers moved from librt into libc in glibc 2.34, and a wheel must
+ * run on older ones. Four longs are the kernel's itimerspec on LP64 and its
+ * 32-bit one on ILP32, whatever width libc gives time_t. */
 static void fr_kick_settime(int signo, long ms) {
 #if FASTREAP_LINUX
     if (LOAD(&fr_kick_gen[signo]) != LOAD(&fr_fork_gen) + 1) return; /* none in this process */
-    struct itimerspec its;
-    memset(&its, 0, sizeof its);
-    its.it_value.tv_sec = ms / 1000;
-    its.it_value.tv_nsec = (ms % 1000) * 1000000L;
-    (void)timer_settime(fr_kick_timer[signo], 0, &its, NULL);
+    long its[4] = {0, 0, 0, ms * 1000000L}; /* interval (none), then the delay */
+    (void)syscall(SYS_timer_settime, fr_kick_timer[signo], 0, its, NULL);
 #else
     (void)signo;
     (void)ms;
@@ -391,8 +392,10 @@ static void fr_kick_next(int signo) {
     while (left > 0 && !__atomic_compare_exchange_n(&fr_kick_left[signo], &left, left - 1, 0,
                                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     }
-    if (left == FASTREAP_KICKS) fr_kick_settime(signo, 10);
-    else if (left == FASTREAP_KICKS - 1) fr_kick_settime(signo, 100);
+    if (left == FASTREAP_KICKS)
+        fr_kick_settime(signo, 10);
+    else if (left == FASTREAP_KICKS - 1)
+        fr_kick_settime(signo, 100);
 }
 
 int fr_kick_setup(int signo) {
@@ -413,8 +416,8 @@ int fr_kick_setup(int signo) {
 #else
     sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
 #endif
-    timer_t t;
-    if (timer_create(CLOCK_MONOTONIC, &sev, &t) < 0) return -1;
+    int t;
+    if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &sev, &t) < 0) return -1;
     /* A fork child inherits the number of its parent's timer, not the timer. */
     fr_kick_timer[signo] = t;
     STORE(&fr_kick_gen[signo], want);
@@ -427,7 +430,8 @@ int fr_kick_setup(int signo) {
 
 void fr_kick_disarm(int signo) {
     if (signo <= 0 || signo >= FASTREAP_NSIG) return;
-    if (__atomic_exchange_n(&fr_kick_left[signo], 0, __ATOMIC_SEQ_CST) != 0) fr_kick_settime(signo, 0);
+    if (__atomic_exchange_n(&fr_kick_left[signo], 0, __ATOMIC_SEQ_CST) != 0)
+        fr_kick_settime(signo, 0);
 }
 
 void fr_kick_disarm_all(void) {
@@ -438,7 +442,9 @@ void fr_kick_disarm_all(void) {
 
 static void fr_handler(int signo, siginfo_t *info, void *ctx) {
     int saved_errno = errno; /* R1 */
-    if (fr_is_kick(signo, info)) { /* ours, not a signal anyone sent: no count, no flag, no chain */
+    /* Our kick, not a signal anyone sent: its EINTR was the point; no count,
+     * no flag, no chain. */
+    if (fr_is_kick(signo, info)) {
         fr_kick_next(signo);
         errno = saved_errno; /* R1 */
         return;
