@@ -503,6 +503,7 @@ def test_backend_variable(value: str, ok: str | None) -> None:
     env = dict(os.environ, FASTREAP_BACKEND=value)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     if ok is None:
-        assert r.returncode != 0 and "ValueError: FASTREAP_BACKEND must be auto, pidfd or sigchld" in r.stderr, r
+        assert r.returncode != 0, r
+        assert "ValueError: FASTREAP_BACKEND must be auto, pidfd or sigchld" in r.stderr, r
     else:
         assert r.returncode == 0 and r.stdout.strip() == ok, r
