@@ -15,6 +15,19 @@
 # Leak detection is off: CPython does not free everything at exit.
 # disable_coredump=0: ASan turns core dumps off by default, and a test
 # checks that a core-dumping child is reported as such.
+# faulthandler_timeout=0: pytest's faulthandler_timeout starts a watchdog
+# thread before each test and ends it after; this libasan (GCC 12's) does
+# not take its allocator locks around fork(), and that thread holds them
+# while ASan sets it up (its first allocations) and tears it down (it gives
+# its allocator cache and quarantine back). A fork child that runs Python
+# (multiprocessing's fork start method, os.fork in the tests) forked at that
+# moment blocks forever the first time it needs that lock (a malloc that
+# refills its cache of a size class, a free that drains its quarantine); its
+# first such malloc is often CPython's own at-fork code. Seen in CI as
+# test_shared_flag_set_in_parent_wakes_waiting_child[fork] hanging; LLVM 18's
+# ASan takes those locks at fork (llvm/llvm-project#75290). pytest-timeout
+# (timeout in pyproject.toml, SIGALRM: no thread) still stops a hung test and
+# prints every thread's stack.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -107,10 +120,28 @@ subprocess.run([sys.executable, "-c", "import ctypes; c = ctypes.CDLL(None); c.m
     exit 2
 fi
 echo "sanitize: self-check: a double free in a child interpreter is reported"
-echo "sanitize: running pytest $* (interpreters preload $preload)"
+pytest_opts=(-p no:cacheprovider -o faulthandler_timeout=0)
+# And that a test runs with no other thread in the process (see faulthandler_timeout
+# above): the suite's own configuration, a test of its own, no conftest.
+mkdir -p "$work/thread-check"
+cat >"$work/thread-check/test_alone.py" <<'EOF'
+import os
+
+
+def test_no_thread_but_the_main_one():
+    assert os.listdir("/proc/self/task") == [str(os.getpid())], os.listdir("/proc/self/task")
+EOF
+if ! (cd "$work/thread-check" && "$vpy" -m pytest "${pytest_opts[@]}" -c "$top/pyproject.toml" \
+    --rootdir "$work/thread-check" -q test_alone.py) >"$work/thread-check.log" 2>&1; then
+    cat "$work/thread-check.log" >&2
+    echo "sanitize: a test does not run alone in its process; a fork child may deadlock in ASan's allocator" >&2
+    exit 2
+fi
+echo "sanitize: self-check: a test runs with no other thread in the process"
+echo "sanitize: running pytest ${pytest_opts[*]} $* (interpreters preload $preload)"
 start=$(date +%s)
 # From tests/, so `import fastreap` is the instrumented install, not src/.
-(cd "$top/tests" && "$vpy" -m pytest -p no:cacheprovider "$@") 2>&1 |
+(cd "$top/tests" && "$vpy" -m pytest "${pytest_opts[@]}" "$@") 2>&1 |
     tee "$work/pytest.log"
 rc=${PIPESTATUS[0]}
 echo "sanitize: pytest exit $rc after $(($(date +%s) - start)) s"
