@@ -363,7 +363,7 @@ def test_exit_true_raises_stopped_and_runs_finally(how: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kick timer is Linux-only")
-@pytest.mark.parametrize("blocking", ["read", "sleep"])
+@pytest.mark.parametrize("blocking", ["read", "sleep", "fork-read"])
 def test_exit_true_interrupts_the_main_threads_call_when_another_thread_gets_the_signal(
     blocking: str,
 ) -> None:
@@ -405,6 +405,17 @@ def test_exit_true_repeated_signal_does_not_abort_the_cleanup() -> None:
     assert r["counts"] == {str(signal.SIGTERM.value): 2, str(signal.SIGINT.value): 1}
     assert r["flag_signal"] == signal.SIGINT
     assert r["rearmed"] == 128 + signal.SIGTERM  # a new handle_signals(exit=True) re-arms
+    if sys.platform.startswith("linux"):  # the kick: none armed while nothing would be raised
+        assert r["kicks"] == [1, 2], out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kick timer is Linux-only")
+def test_exit_true_arms_no_kick_once_the_interpreter_exits() -> None:
+    # CPython puts SIG_DFL back for Python-handled signals after the atexit
+    # callbacks: a kick armed then would kill the process with the signal.
+    code, r, out = run_scenario("exit_atexit")
+    assert code == 0, out
+    assert r == {"kicks": 0, "count": 1}, out
 
 
 def test_exit_true_sigint_gives_130() -> None:

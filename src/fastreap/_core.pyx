@@ -430,6 +430,16 @@ def kick_disarm():
     fr_kick_disarm_all()
 
 
+def kick_enable(bint on):
+    """Let the handler arm kicks in this process, or not (and stop them)."""
+    fr_kick_enable(on)
+
+
+def kicks_armed():
+    """How many times the handler has armed a kick (for the tests)."""
+    return fr_kicks_armed_count()
+
+
 def bind(int signo, StopFlag flag):
     flag._ensure_fd()
     if fr_bind(signo, flag.ptr()) < 0:

@@ -20,7 +20,9 @@ Chaining policy (what else runs when a handled signal arrives):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import signal as _signal
 import sys
 import threading
@@ -110,9 +112,34 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     if _raised_in == gen:
         return
     _raised_in = gen
+    _core.kick_enable(False)  # later signals raise nothing: nothing to kick for
     if frame is not None and _defer(signum, frame):
         return
     raise Stopped(signum)
+
+
+_kick_hooked = False
+
+
+def _kick_hooks() -> None:
+    """Once exit mode is first asked for: switch kicks off when the interpreter
+    exits (atexit runs before CPython puts SIG_DFL back for every signal that
+    has a Python handler, ours included: a kick landing after that would kill
+    the process), and give a fork child its own kick timers (they are per
+    process; the forking thread is the child's main thread). Only processes
+    that use exit mode pay for the at-fork hook (see _fork)."""
+    global _kick_hooked
+    if _kick_hooked:
+        return
+    _kick_hooked = True
+    atexit.register(_core.kick_enable, False)
+    os.register_at_fork(after_in_child=_kick_after_fork)
+
+
+def _kick_after_fork() -> None:
+    for s, rec in list(_installed.items()):
+        if rec.exit:
+            _core.kick_setup(s)
 
 
 def _loop_escapes_try(frame: Any) -> bool:
@@ -242,6 +269,8 @@ def handle_signals(
     with _books.get():
         if exit:
             _raised_in = None  # re-arm: the next handled signal raises Stopped again
+            _kick_hooks()
+            _core.kick_enable(True)
         # What this call changed, so a failure half-way (a full binding table,
         # a refused sigaction) undoes it and leaves every signal as it was.
         done: list[list[Any]] = []  # [signal, record, new, bound, upgraded]
@@ -321,6 +350,7 @@ def _undo(s: int, rec: _Record) -> None:
             _core.install(s, True, True)  # SA_RESTART, as the watcher installs it
         return
     if rec.py_changed and ours:
+        _core.set_exit(s, False)  # first: no kick may land on what signal.signal puts back
         prev = rec.py_prev if rec.py_prev is not None else _signal.SIG_DFL
         _signal.signal(s, prev)
     _core.restore(s, ours)

@@ -3,8 +3,10 @@
 Every fork() of a program that imported fastreap (its ``subprocess`` and
 ``multiprocessing`` forks, a pool's workers) pays for whatever runs in the
 child: each page the child writes is copied. So fastreap registers no
-``os.register_at_fork`` hook; what the child must not share with its parent
-is renewed on first use instead:
+``os.register_at_fork`` hook until the program asks for exit mode
+(``handle_signals(exit=True)``: the child needs its own kick timers before
+any signal comes, see ``_flags._kick_hooks``); what the child must not share
+with its parent is renewed on first use instead:
 
 1. C (``_csrc/handler.c``): a pthread_atfork child handler bumps the fork
    generation (``_core.fork_generation()``): one store. Descriptors the child

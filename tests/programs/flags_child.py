@@ -11,6 +11,7 @@ runs in its own interpreter and not in pytest's.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import json
@@ -22,7 +23,7 @@ import threading
 import time
 
 import fastreap
-from fastreap import _flags
+from fastreap import _core, _flags
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -161,8 +162,34 @@ def exit_elsewhere(blocking: str) -> None:
     """exit=True, the main thread blocked in a call (a pipe read or a sleep)
     and the signal delivered to another thread: Python only trips the main
     thread's handler, nothing interrupts its call, so without fastreap's kick
-    Stopped would wait for the call to return (never, for the read)."""
+    Stopped would wait for the call to return (never, for the read).
+    fork-read: the same in a fork child of the process that asked for exit
+    mode (kick timers are per process); this process exits with its code."""
     fastreap.handle_signals(exit=True)
+    if blocking == "fork-read":
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                _exit_elsewhere("read")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        child = fastreap.watch(pid)
+        code = child.wait(20)
+        if code is None:  # blocked for good: the bug
+            child.kill()
+            child.wait()
+            print("CHILD BLOCKED", flush=True)
+            code = 99
+        sys.stdout.flush()
+        os._exit(code if code >= 0 else 128 - code)
+    _exit_elsewhere(blocking)
+
+
+def _exit_elsewhere(blocking: str) -> None:
     main = threading.get_native_id()
     r, w = os.pipe()
 
@@ -262,6 +289,9 @@ def exit_repeat() -> None:
         str(s): n for s, n in _flags.handled_signals().items() if s in (signal.SIGTERM, signal.SIGINT)
     }
     out["flag_signal"] = _flags.default_flag().signal
+    # Kicks armed (Linux): one for the first signal, none while the latch is
+    # spent (nothing would be raised), one after the re-arm.
+    kicks = [_core.kicks_armed()]
     fastreap.handle_signals(exit=True)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -269,7 +299,27 @@ def exit_repeat() -> None:
         out["rearmed"] = "not raised"
     except fastreap.Stopped as e:
         out["rearmed"] = e.code
+    kicks.append(_core.kicks_armed())
+    out["kicks"] = kicks
     result(**out)
+
+
+def exit_atexit() -> None:
+    """A handled signal while the interpreter exits arms no kick: CPython puts
+    SIG_DFL back for Python-handled signals after the atexit callbacks, and a
+    kick landing then would kill the process."""
+
+    def at_exit() -> None:  # registered first, so it runs after fastreap's own
+        before = _core.kicks_armed()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            settle()
+        except fastreap.Stopped:
+            pass
+        result(kicks=_core.kicks_armed() - before, count=_flags.handled_signals().get(signal.SIGTERM))
+
+    atexit.register(at_exit)
+    fastreap.handle_signals(exit=True)
 
 
 def restore() -> None:
@@ -523,6 +573,7 @@ SCENARIOS = {
     "thread_install": thread_install,
     "exit": exit_mode,
     "exit_elsewhere": exit_elsewhere,
+    "exit_atexit": exit_atexit,
     "exit_loop": exit_loop,
     "exit_repeat": exit_repeat,
     "restore": restore,

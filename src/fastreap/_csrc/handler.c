@@ -35,6 +35,14 @@
 #include <sys/syscall.h>
 #include <time.h>
 #endif
+/* The kick's raw timer calls take a long-sized itimerspec: not on x32, nor
+ * where only the 64-bit-time calls exist (riscv32). */
+#if FASTREAP_LINUX && defined(SYS_timer_create) && defined(SYS_timer_settime) && \
+    !(defined(__x86_64__) && defined(__ILP32__))
+#define FASTREAP_HAVE_KICK 1
+#else
+#define FASTREAP_HAVE_KICK 0
+#endif
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
@@ -64,13 +72,17 @@ static uint32_t fr_fork_gen; /* 0 in the process that loaded us, +1 per fork */
 static int fr_fork_hook_state;
 
 /* The main-thread kick (see fr_kick_setup): per signal, a POSIX timer made in
- * generation fr_kick_gen[signo] - 1 (0: none), and the kicks it has left. */
-#if FASTREAP_LINUX
+ * generation fr_kick_gen[signo] - 1 (0: none), and the kicks it has left;
+ * fr_kick_off: generation + 1 in which kicks were switched off (Stopped was
+ * raised, or the interpreter is exiting), 0 while they are on. */
+#if FASTREAP_HAVE_KICK
 static int fr_kick_timer[FASTREAP_NSIG]; /* the kernel's timer id */
 static uint32_t fr_kick_gen[FASTREAP_NSIG];
 #endif
 static int fr_kick_left[FASTREAP_NSIG];
-static int fr_kick_cookie; /* its address tells a kick from a real signal */
+static uint32_t fr_kick_off;
+static uint64_t fr_kicks_armed; /* for the tests: how often the handler armed one */
+static int fr_kick_cookie;      /* its address tells a kick from a real signal */
 
 /* SIGCHLD senders, a multi-producer ring read by one consumer under a lock. */
 static int fr_ring[FASTREAP_RING];
@@ -358,30 +370,32 @@ void fr_quiesce(void) {
 
 #define FASTREAP_KICKS 3
 
-static int fr_is_kick(int signo, const siginfo_t *info) {
-    (void)signo;
+static int fr_is_kick(const siginfo_t *info) {
     return info && info->si_code == SI_TIMER && info->si_value.sival_ptr == (void *)&fr_kick_cookie;
 }
 
 /* R2 + R4. Arm signo's timer to fire after ms milliseconds (< 1000; 0:
  * disarm). The timer calls are raw system calls, as the kernel takes them: the
- * libc wrappers moved from librt into libc in glibc 2.34, and a wheel must
- * run on older ones. Four longs are the kernel's itimerspec on LP64 and its
- * 32-bit one on ILP32, whatever width libc gives time_t. */
+ * libc wrappers moved from librt into libc in glibc 2.34 (a wheel must run on
+ * older ones), and older musl has no SIGEV_THREAD_ID. Four longs are the
+ * kernel's itimerspec on LP64 and its 32-bit one on ILP32. */
 static void fr_kick_settime(int signo, long ms) {
-#if FASTREAP_LINUX
+#if FASTREAP_HAVE_KICK
     if (LOAD(&fr_kick_gen[signo]) != LOAD(&fr_fork_gen) + 1) return; /* none in this process */
     long its[4] = {0, 0, 0, ms * 1000000L}; /* interval (none), then the delay */
-    (void)syscall(SYS_timer_settime, fr_kick_timer[signo], 0, its, NULL);
+    (void)syscall(SYS_timer_settime, LOAD(&fr_kick_timer[signo]), 0, its, NULL);
 #else
     (void)signo;
     (void)ms;
 #endif
 }
 
-/* R2 + R4: from the handler, for a signal in exit mode. */
+/* R2 + R4: from the handler, for a signal in exit mode, before it trips
+ * Python (so the disarm of a handler that runs at once comes after it). */
 static void fr_kick_arm(int signo) {
+    if (LOAD(&fr_kick_off) == LOAD(&fr_fork_gen) + 1) return; /* Stopped raised, or exiting */
     STORE(&fr_kick_left[signo], FASTREAP_KICKS);
+    __atomic_add_fetch(&fr_kicks_armed, 1, __ATOMIC_RELAXED);
     fr_kick_settime(signo, 1);
 }
 
@@ -398,28 +412,41 @@ static void fr_kick_next(int signo) {
         fr_kick_settime(signo, 100);
 }
 
+#if FASTREAP_HAVE_KICK
+/* The kernel's struct sigevent (SIGEV_THREAD_ID needs its _tid, which older
+ * musl does not name). */
+struct fr_ksigevent {
+    union sigval value;
+    int signo;
+    int notify;
+    union {
+        int pad[(64 - 2 * sizeof(int) - sizeof(union sigval)) / sizeof(int)];
+        int tid;
+    } un;
+};
+#ifndef SIGEV_THREAD_ID
+#define SIGEV_THREAD_ID 4
+#endif
+#endif
+
 int fr_kick_setup(int signo) {
     if (!valid_signo(signo)) {
         errno = EINVAL;
         return -1;
     }
-#if FASTREAP_LINUX
+#if FASTREAP_HAVE_KICK
     uint32_t want = LOAD(&fr_fork_gen) + 1;
     if (LOAD(&fr_kick_gen[signo]) == want) return 0;
-    struct sigevent sev;
+    struct fr_ksigevent sev;
     memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_THREAD_ID;
-    sev.sigev_signo = signo;
-    sev.sigev_value.sival_ptr = &fr_kick_cookie;
-#ifdef sigev_notify_thread_id
-    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
-#else
-    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
-#endif
+    sev.notify = SIGEV_THREAD_ID;
+    sev.signo = signo;
+    sev.value.sival_ptr = &fr_kick_cookie;
+    sev.un.tid = (int)syscall(SYS_gettid);
     int t;
     if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &sev, &t) < 0) return -1;
     /* A fork child inherits the number of its parent's timer, not the timer. */
-    fr_kick_timer[signo] = t;
+    STORE(&fr_kick_timer[signo], t);
     STORE(&fr_kick_gen[signo], want);
     return 0;
 #else
@@ -430,13 +457,20 @@ int fr_kick_setup(int signo) {
 
 void fr_kick_disarm(int signo) {
     if (signo <= 0 || signo >= FASTREAP_NSIG) return;
-    if (__atomic_exchange_n(&fr_kick_left[signo], 0, __ATOMIC_SEQ_CST) != 0)
-        fr_kick_settime(signo, 0);
+    STORE(&fr_kick_left[signo], 0);
+    fr_kick_settime(signo, 0); /* unconditionally: a racing arm may have set it since */
 }
 
 void fr_kick_disarm_all(void) {
     for (int s = 1; s < FASTREAP_NSIG; s++) fr_kick_disarm(s);
 }
+
+void fr_kick_enable(int on) {
+    STORE(&fr_kick_off, on ? 0 : LOAD(&fr_fork_gen) + 1);
+    if (!on) fr_kick_disarm_all();
+}
+
+uint64_t fr_kicks_armed_count(void) { return LOAD(&fr_kicks_armed); }
 
 /* ---- the handler ------------------------------------------------------- */
 
@@ -444,7 +478,7 @@ static void fr_handler(int signo, siginfo_t *info, void *ctx) {
     int saved_errno = errno; /* R1 */
     /* Our kick, not a signal anyone sent: its EINTR was the point; no count,
      * no flag, no chain. */
-    if (fr_is_kick(signo, info)) {
+    if (fr_is_kick(info)) {
         fr_kick_next(signo);
         errno = saved_errno; /* R1 */
         return;
@@ -466,8 +500,8 @@ static void fr_handler(int signo, siginfo_t *info, void *ctx) {
         if (LOAD(&fr_gw_w) >= 0 && fr_gw_refresh_try()) fr_wakefd_poke(LOAD(&fr_gw_w)); /* R4 */
         int (*interrupt)(int) = LOAD(&fr_interrupt_fn);
         if (LOAD(&fr_exit_mode[signo]) && interrupt) {
-            interrupt(signo); /* R3 */
             fr_kick_arm(signo);
+            interrupt(signo); /* R3 */
         }
         switch (LOAD(&fr_chain_kind[signo])) {
             case 1:
@@ -561,9 +595,19 @@ int fr_restore(int signo, int put_back) {
         put_back = fr_handler_installed(signo);
         if (put_back < 0) return -1;
     }
-    if (put_back && sigaction(signo, &fr_saved[signo], NULL) < 0) return -1;
+    /* No kick may reach what we put back (SIG_DFL would kill): exit mode off,
+     * every handler that might still arm one gone, the timer stopped; then
+     * the swap. */
+    int was_exit = LOAD(&fr_exit_mode[signo]);
     STORE(&fr_exit_mode[signo], 0);
+    fr_quiesce();
     fr_kick_disarm(signo);
+    if (put_back && sigaction(signo, &fr_saved[signo], NULL) < 0) {
+        int e = errno;
+        STORE(&fr_exit_mode[signo], was_exit);
+        errno = e;
+        return -1;
+    }
     STORE(&fr_chain_kind[signo], 0);
     fr_saved_valid[signo] = 0;
     fr_installed[signo] = 0;
@@ -576,8 +620,12 @@ int fr_is_installed(int signo) {
 }
 
 void fr_set_exit(int signo, int on) {
-    if (signo > 0 && signo < FASTREAP_NSIG) STORE(&fr_exit_mode[signo], on ? 1 : 0);
-    if (!on) fr_kick_disarm(signo);
+    if (signo <= 0 || signo >= FASTREAP_NSIG) return;
+    STORE(&fr_exit_mode[signo], on ? 1 : 0);
+    if (!on) {
+        fr_quiesce(); /* a handler that read exit mode before the store arms no kick after this */
+        fr_kick_disarm(signo);
+    }
 }
 
 void fr_set_interrupt_fn(int (*fn)(int)) { STORE(&fr_interrupt_fn, fn); }

@@ -70,6 +70,10 @@ static inline int fr_flag_is_stale(const fr_flag *f) {
 int fr_kick_setup(int signo);
 void fr_kick_disarm(int signo);
 void fr_kick_disarm_all(void);
+/* Kicks off (Stopped was raised; the interpreter is exiting: Python may set
+ * SIG_DFL behind us) or on again, in this process (a fork child starts on). */
+void fr_kick_enable(int on);
+uint64_t fr_kicks_armed_count(void);
 
 /* Flag operations; fr_flag_set is async-signal-safe. */
 int fr_flag_set(fr_flag *f, int signo, int sender);

@@ -48,6 +48,8 @@ cdef extern from "handler.h" nogil:
     void fr_set_exit(int signo, int on)
     int fr_kick_setup(int signo)
     void fr_kick_disarm_all()
+    void fr_kick_enable(int on)
+    uint64_t fr_kicks_armed_count()
     void fr_set_interrupt_fn(int (*fn)(int) noexcept)
 
     uint64_t fr_count(int signo)
