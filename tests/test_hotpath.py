@@ -331,6 +331,55 @@ def test_first_exited_result_sets(pidfd_watcher: _watcher.Watcher) -> None:
     assert done == set(kids) and pending == set()
 
 
+def test_first_exited_with_a_retired_watchers_child(pidfd_watcher: _watcher.Watcher) -> None:
+    """wait()'s check of its children (one ``closed`` look per watcher) and
+    the one watcher they all belong to, which lets wait(FIRST_EXITED) move
+    one exit's child across alone: never claimed for a mixed list."""
+    from fastreap import _children
+
+    with _watcher.swapped(use_pidfd=True) as retired:
+        pid, go = _plain("exit 3")
+        old = fastreap.watch(pid)
+        os.close(go)
+        assert old.wait(10) == 3
+    assert retired.closed and old._watcher is retired
+    pid, go = _plain("exit 4")
+    ours = fastreap.watch(pid)
+    pid2, go2 = _plain("exit 5")
+    ours2 = fastreap.watch(pid2)
+    try:
+        assert _children._as_children([ours, ours2], "c") == ([ours, ours2], pidfd_watcher)
+        assert _children._as_children([], "c") == ([], None)
+        for mixed in ([ours, old, ours2], [old, ours, ours2], [ours, ours2, old]):
+            assert _children._as_children(mixed, "c") == (mixed, None)
+        # A finished child of a closed watcher is fine (and done at once).
+        assert fastreap.wait([ours, old, ours2], 10, fastreap.FIRST_EXITED) == ({old}, {ours, ours2})
+        os.close(go)
+        assert fastreap.wait([ours, ours2], 10, fastreap.FIRST_EXITED) == ({ours}, {ours2})
+        with _watcher.swapped(use_pidfd=True) as inner:
+            pid3, go3 = _plain("exit 0")
+            stray = fastreap.watch(pid3)
+            # Two open watchers (ours is not the current one now): no single one.
+            assert _children._as_children([ours2, stray], "c") == ([ours2, stray], None)
+            os.close(go3)
+            assert stray.wait(10) == 0
+        assert inner.closed
+    finally:
+        os.close(go2)
+    # An unfinished child of a closed watcher is refused, wherever it is listed.
+    with _watcher.swapped(use_pidfd=True):
+        pid4, go4 = _plain("exit 0")
+        lone = fastreap.watch(pid4)
+    try:
+        for bad in ([ours2, lone], [lone, ours2], [stray, lone]):
+            with pytest.raises(ChildProcessError):
+                fastreap.wait(bad, 0, fastreap.FIRST_EXITED)
+    finally:
+        os.close(go4)
+        os.waitpid(pid4, 0)
+    assert ours2.wait(10) == 5
+
+
 def test_watcher_lock_is_a_lock() -> None:
     """_core.Lock, the watcher's: threading.Lock's behaviour, Condition included."""
     import threading

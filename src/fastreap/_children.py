@@ -271,17 +271,46 @@ def validate(targets: Iterable[Target] | Target, name: str = "targets") -> list[
 
 def as_children(targets: Iterable[Target] | Target, name: str = "targets") -> list[Child]:
     """Validate every item, then watch each: nothing half-done."""
+    return _as_children(targets, name)[0]
+
+
+def _as_children(
+    targets: Iterable[Target] | Target, name: str
+) -> tuple[list[Child], _watcher.Watcher | None]:
+    """as_children, and the one open watcher every child belongs to (None
+    if they are not all one open watcher's, or none were given)."""
     if isinstance(targets, (list, set, tuple, frozenset)):
         # The hot case (wait() in a loop over Child objects): each needs
         # only the check validate() makes for a Child; anything else (or a
         # check that fails, to raise its error) takes the general path.
+        # Children of a watcher already found open skip its check: one
+        # ``closed`` look per watcher, not per child.
         kids = list(targets)
+        first: _watcher.Watcher | None = None
+        last: _watcher.Watcher | None = None  # the last watcher found open
+        sole = True
         for t in kids:
-            if type(t) is not Child or (t._watcher.closed and not t._done()):
+            if type(t) is not Child:
                 break
+            tw = t._watcher
+            if tw is last:
+                continue
+            if first is None:
+                first = tw
+            elif tw is not first:
+                sole = False
+            if tw.closed:
+                if not t._done():
+                    break
+                sole = False
+                last = None  # each of its children is checked
+                continue
+            last = tw
         else:
-            return kids
-    return [watch(t) for t in validate(targets, name)]
+            return kids, first if sole else None
+    kids = [watch(t) for t in validate(targets, name)]
+    w = kids[0]._watcher if kids else None
+    return kids, w if w is not None and not w.closed and all(c._watcher is w for c in kids) else None
 
 
 def wait(
@@ -295,7 +324,7 @@ def wait(
     if return_when not in (FIRST_EXITED, ALL_EXITED):
         raise ValueError(f"return_when must be FIRST_EXITED or ALL_EXITED, got {return_when!r}")
     deadline = NEVER if timeout is None else Deadline.after(check_timeout(timeout))
-    kids = as_children(children, "children")
+    kids, sole = _as_children(children, "children")
     if kids:
         w = _watcher.current()
         if return_when == FIRST_EXITED:
@@ -303,7 +332,7 @@ def wait(
             # ours (the only finish in w since we started, with every child
             # w's) ends the wait, that child just moves across.
             pending = set(kids)
-            ours = all(c._watcher is w for c in kids)
+            ours = sole is w
             start = w.finished
             seen = -1
             hit: Child | None = None
