@@ -182,6 +182,33 @@ def test_sigchld_path_without_timerfd(faultshim: str) -> None:
     assert res == {"code": 7, "code2": 3, "popen": 7, "zombie": None, "backend": "sigchld"}, out
 
 
+def test_signal_just_before_a_wait_still_interrupts_it(faultshim: str) -> None:
+    """A signal that lands after a wait's last look for pending signals and
+    before the wait starts (widened here to 2 ms by the shim; the alarm fires
+    in it) interrupts the wait at once: the main thread waits with signals
+    blocked up to the wait, which unblocks them atomically (ppoll,
+    epoll_pwait). Before, each of these waits (none has a timeout) hung."""
+    env = dict(os.environ, FASTREAP_WAIT_DELAY_US="2000")
+    env["LD_PRELOAD"] = " ".join(p for p in (os.environ.get("LD_PRELOAD", ""), faultshim) if p)
+    p = subprocess.Popen(
+        [sys.executable, str(PROGRAMS / "hostile.py"), "wait_race"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # a wait that the signal did not interrupt
+            p.kill()
+            p.communicate()
+    res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
+    assert p.returncode == 0 and res == [
+        {"wait_readable": "interrupted", "flag_wait": "interrupted", "child_wait": "interrupted"}
+    ], out
+
+
 @pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
 def test_shared_flag_without_memfd(faultshim: str, err: str) -> None:
     rc, res, out = run("shared_flag", shim=faultshim, fault=f"memfd_create={err}")

@@ -20,6 +20,7 @@ from cpython.pythread cimport (
     PyThread_acquire_lock,
     PyThread_allocate_lock,
     PyThread_free_lock,
+    PyThread_get_thread_ident,
     PyThread_release_lock,
     PyThread_type_lock,
 )
@@ -31,6 +32,7 @@ from fastreap._csrc.handler cimport *
 from fastreap._csrc.reaper cimport *
 
 import os as _os
+import threading as _threading
 import time as _time
 
 cdef extern from "<sys/mman.h>" nogil:
@@ -113,6 +115,31 @@ cdef bint _after_eintr() except -1:
     """A signal interrupted a wait: run Python's handlers (they may raise)."""
     PyErr_CheckSignals()
     return True
+
+
+cdef unsigned long _main_ident = 0
+cdef long _main_gen = -1
+
+
+cdef int _guard_signals(fr_sigmask *old) except -1:
+    """Before a blocking wait in the main thread (the one that runs Python's
+    signal handlers): block every signal, then run the handlers of any that
+    came since the last bytecode (they may raise: the mask is put back). 1
+    when the wait must then take *old as its mask (reap.c's signal-safe waits:
+    a signal from here on interrupts it), 0 in other threads and off Linux."""
+    global _main_ident, _main_gen
+    cdef long g = fr_fork_generation()
+    if g != _main_gen:  # a fork child's main thread is the one that forked
+        _main_ident = _threading.main_thread().ident
+        _main_gen = g
+    if PyThread_get_thread_ident() != _main_ident or not fr_sig_block_all(old):
+        return 0
+    try:
+        PyErr_CheckSignals()
+    except BaseException:
+        fr_sig_restore(old)
+        raise
+    return 1
 
 
 # ---------------------------------------------------------------- stop flags
@@ -255,7 +282,9 @@ shared) by any process that shares it. Checking it is one atomic load."""
         pass; return whether it is set. Ctrl-C and fastreap.Stopped interrupt it."""
         cdef double t = check_timeout(timeout)
         cdef double remaining = t
-        cdef int r, rfd
+        cdef int r, rfd, guarded
+        cdef fr_sigmask old
+        cdef fr_sigmask *mask
         if fr_flag_is_set(self.fp):
             return True
         self._ensure_fd()
@@ -268,8 +297,12 @@ shared) by any process that shares it. Checking it is one atomic load."""
                 remaining = deadline - _time.monotonic()
                 if remaining <= 0:
                     return False
+            guarded = _guard_signals(&old)
+            mask = &old if guarded else NULL
             with nogil:
-                r = fr_wait_readable(rfd, -1, remaining)
+                r = fr_wait_readable(rfd, -1, remaining, mask)
+            if guarded:
+                fr_sig_restore(&old)
             if r < 0:
                 if errno == EINTR:
                     _after_eintr()
@@ -563,13 +596,18 @@ def poller_wait(int pfd, double timeout):
 cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens) except -1:
     """poller_wait's wait into tokens (64 of them): how many are ready."""
     cdef int n
+    cdef fr_sigmask old
+    cdef int guarded = _guard_signals(&old)
+    cdef fr_sigmask *mask = &old if guarded else NULL
     with nogil:
-        n = fr_poller_wait(pfd, timeout, tokens, 64)
+        n = fr_poller_wait(pfd, timeout, tokens, 64, mask)
+    if guarded:
+        fr_sig_restore(&old)
     if n < 0:
         if errno != EINTR:
             _raise_errno()
         _after_eintr()
-        n = fr_poller_wait(pfd, 0.0, tokens, 64)  # never blocks
+        n = fr_poller_wait(pfd, 0.0, tokens, 64, NULL)  # never blocks
         if n < 0:
             if errno != EINTR:
                 _raise_errno()
@@ -582,8 +620,13 @@ def wait_readable(int fd, int fd2, double timeout):
     """poll() fd (and fd2 if >= 0) with the GIL released: 1, 2, 0 on timeout,
     -1 after a signal (Python's handlers have run)."""
     cdef int r
+    cdef fr_sigmask old
+    cdef int guarded = _guard_signals(&old)
+    cdef fr_sigmask *mask = &old if guarded else NULL
     with nogil:
-        r = fr_wait_readable(fd, fd2, timeout)
+        r = fr_wait_readable(fd, fd2, timeout, mask)
+    if guarded:
+        fr_sig_restore(&old)
     if r < 0:
         if errno == EINTR:
             _after_eintr()

@@ -12,6 +12,13 @@
  * rusage form of waitid through syscall(). The variable is read on every
  * call, so a program can switch faults on and off through os.environ.
  * Errno values: ENOSYS, EPERM, EACCES, EINVAL, EMFILE, ENOMEM.
+ *
+ *   FASTREAP_WAIT_DELAY_US=2000
+ *
+ * sleeps that long before every blocking poll, ppoll, epoll_wait and
+ * epoll_pwait: it widens the window between a caller's last look for
+ * pending signals and the start of its wait, where a signal must still
+ * interrupt the wait (the signal-safe waits block signals across it).
  */
 #define _GNU_SOURCE 1
 #include <dlfcn.h>
@@ -19,10 +26,15 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <poll.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -118,4 +130,34 @@ long syscall(long number, ...) {
     if (e) return fail(e);
     NEXT(long, "syscall", long, ...);
     return next(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* FASTREAP_WAIT_DELAY_US before a wait that may block. */
+static void wait_delay(int may_block) {
+    const char *s = getenv("FASTREAP_WAIT_DELAY_US");
+    if (may_block && s && *s) usleep((useconds_t)atoi(s));
+}
+
+int poll(struct pollfd *fds, nfds_t n, int timeout) {
+    wait_delay(timeout != 0);
+    NEXT(int, "poll", struct pollfd *, nfds_t, int);
+    return next(fds, n, timeout);
+}
+
+int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask) {
+    wait_delay(!ts || ts->tv_sec || ts->tv_nsec);
+    NEXT(int, "ppoll", struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+    return next(fds, n, ts, mask);
+}
+
+int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout) {
+    wait_delay(timeout != 0);
+    NEXT(int, "epoll_wait", int, struct epoll_event *, int, int);
+    return next(epfd, evs, max, timeout);
+}
+
+int epoll_pwait(int epfd, struct epoll_event *evs, int max, int timeout, const sigset_t *mask) {
+    wait_delay(timeout != 0);
+    NEXT(int, "epoll_pwait", int, struct epoll_event *, int, int, const sigset_t *);
+    return next(epfd, evs, max, timeout, mask);
 }

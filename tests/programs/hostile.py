@@ -191,5 +191,43 @@ def grandchild_fds(method: str) -> None:
     result(exitcode=p.exitcode, set=flag.is_set())
 
 
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(signum: int, frame: object) -> None:
+    raise _Alarm
+
+
+def wait_race() -> None:
+    """A signal that lands between fastreap's last look for pending signals
+    and the start of its wait (the shim's FASTREAP_WAIT_DELAY_US widens that
+    window; the alarm fires inside it) must still interrupt the wait: every
+    wait here has no timeout, so a lost signal hangs this program."""
+    signal.signal(signal.SIGALRM, _raise_alarm)
+    r, w = os.pipe()
+    flag = fastreap.StopFlag()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    child = fastreap.watch(sleeper)
+    waits = {
+        "wait_readable": lambda: _core.wait_readable(r, -1, -1.0),
+        "flag_wait": lambda: flag.wait(),
+        "child_wait": lambda: child.wait(),
+    }
+    out = {}
+    for name, wait in waits.items():
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.0002)
+            wait()
+            out[name] = "returned"
+        except _Alarm:
+            out[name] = "interrupted"
+    child.kill()
+    child.wait()
+    os.close(r)
+    os.close(w)
+    result(**out)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

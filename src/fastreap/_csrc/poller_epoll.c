@@ -77,10 +77,11 @@ int fr_poller_del_pid(int pfd, int pid) {
     return -1;
 }
 
-int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max) {
+int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max, const fr_sigmask *mask) {
     struct epoll_event evs[64];
     if (max > 64) max = 64;
-    int n = epoll_wait(pfd, evs, max, fr_timeout_ms(timeout));
+    int n = mask ? epoll_pwait(pfd, evs, max, fr_timeout_ms(timeout), &mask->set)
+                 : epoll_wait(pfd, evs, max, fr_timeout_ms(timeout));
     for (int i = 0; i < n; i++) tokens[i] = (int64_t)evs[i].data.u64;
     return n;
 }

@@ -73,7 +73,8 @@ int fr_poller_del_pid(int pfd, int pid) {
     return kevent(pfd, &ev, 1, NULL, 0, NULL);
 }
 
-int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max) {
+int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max, const fr_sigmask *mask) {
+    (void)mask; /* never given here: fr_sig_block_all does nothing on macOS */
     struct kevent evs[64];
     struct timespec ts, *tsp = NULL;
     if (max > 64) max = 64;

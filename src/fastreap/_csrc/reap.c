@@ -18,12 +18,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 int fr_poller_close_fd(int pfd, int fd) {
@@ -243,7 +245,28 @@ int fr_reap_all(fr_exit *out, int max) {
     return n;
 }
 
-int fr_wait_readable(int fd, int fd2, double timeout) {
+/* Signal-safe waits. Python runs a signal's handler in the main thread at
+ * its next bytecode, or when a call there fails with EINTR. A signal that
+ * lands after the last such check and before a wait starts would be handled
+ * only when the wait ends (Ctrl-C ignored for the whole timeout). So the main
+ * thread blocks every signal, runs the handlers of any that came meanwhile
+ * (the caller: PyErr_CheckSignals), and waits with its old mask, which the
+ * kernel puts in place atomically with the wait (epoll_pwait, ppoll): a
+ * signal from there on interrupts it with EINTR. */
+int fr_sig_block_all(fr_sigmask *old) {
+#if FASTREAP_LINUX
+    sigset_t all;
+    sigfillset(&all); /* glibc leaves out its own SIGCANCEL and SIGSETXID */
+    return pthread_sigmask(SIG_BLOCK, &all, &old->set) == 0;
+#else
+    (void)old;
+    return 0;
+#endif
+}
+
+void fr_sig_restore(const fr_sigmask *old) { (void)pthread_sigmask(SIG_SETMASK, &old->set, NULL); }
+
+int fr_wait_readable(int fd, int fd2, double timeout, const fr_sigmask *mask) {
     struct pollfd p[2];
     p[0].fd = fd;
     p[0].events = POLLIN;
@@ -251,7 +274,20 @@ int fr_wait_readable(int fd, int fd2, double timeout) {
     p[1].fd = fd2;
     p[1].events = POLLIN;
     p[1].revents = 0;
-    int r = poll(p, fd2 >= 0 ? 2 : 1, fr_timeout_ms(timeout));
+    int r;
+#if FASTREAP_LINUX
+    if (mask) {
+        struct timespec ts, *tsp = NULL;
+        if (timeout >= 0) {
+            if (timeout > 1e9) timeout = 1e9;
+            ts.tv_sec = (time_t)timeout;
+            ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+            tsp = &ts;
+        }
+        r = ppoll(p, fd2 >= 0 ? 2 : 1, tsp, &mask->set);
+    } else
+#endif
+        r = poll(p, fd2 >= 0 ? 2 : 1, fr_timeout_ms(timeout));
     if (r <= 0) return r;
     if (p[0].revents) return 1;
     return 2;

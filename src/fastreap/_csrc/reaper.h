@@ -6,6 +6,7 @@
 #ifndef FASTREAP_REAPER_H
 #define FASTREAP_REAPER_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -40,7 +41,19 @@ int fr_poller_add_pid(int pfd, int pid, int64_t token);
 int fr_poller_del_pid(int pfd, int pid);
 /* Wait up to timeout seconds (< 0: forever); returns how many tokens were
  * written, or -1 with errno (EINTR when a signal arrived). */
-int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max);
+/* A thread's signal mask, as the signal-safe waits take it (reap.c). */
+typedef struct fr_sigmask {
+    sigset_t set;
+} fr_sigmask;
+/* Block every signal in the calling thread and keep the old mask in *old: 1,
+ * or 0 (nothing done) where no wait can take the mask back atomically
+ * (macOS: kevent has no mask). fr_sig_restore puts *old back. */
+int fr_sig_block_all(fr_sigmask *old);
+void fr_sig_restore(const fr_sigmask *old);
+
+/* Wait for up to max tokens; with mask, under that signal mask for the
+ * duration of the wait (epoll_pwait; ignored by kqueue, see fr_sig_block_all). */
+int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max, const fr_sigmask *mask);
 
 /* pidfds (Linux >= 5.3); -1 with errno ENOSYS elsewhere. The descriptor is
  * moved to the lowest free number >= floor, close-on-exec. */
@@ -93,8 +106,8 @@ int fr_watch_pidfd(int pfd, int pid, int floor, int64_t token, int *code, int *s
 int fr_signal_batch(const int *pidfds, int n, int sig, int *res);
 
 /* poll(2) two descriptors (fd2 may be -1): 1 fd readable, 2 fd2 readable,
- * 0 timeout, -1 with errno. */
-int fr_wait_readable(int fd, int fd2, double timeout);
+ * 0 timeout, -1 with errno. With mask, under that signal mask (ppoll). */
+int fr_wait_readable(int fd, int fd2, double timeout, const fr_sigmask *mask);
 
 int fr_set_subreaper(int on);
 

@@ -27,7 +27,11 @@ cdef extern from "reaper.h" nogil:
     int fr_timer_drain(int fd)
     int fr_poller_add_pid(int pfd, int pid, int64_t token)
     int fr_poller_del_pid(int pfd, int pid)
-    int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max)
+    ctypedef struct fr_sigmask:
+        pass
+    int fr_sig_block_all(fr_sigmask *old)
+    void fr_sig_restore(const fr_sigmask *old)
+    int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max, const fr_sigmask *mask)
     int fr_pidfd_open(int pid, int floor)
     int fr_pidfd_send_signal(int pidfd, int sig)
     int fr_have_pidfd()
@@ -36,5 +40,5 @@ cdef extern from "reaper.h" nogil:
     int fr_scan_exited(const int *pids, int n, int *idx)
     int fr_reap(int pidfd, int pid, fr_exit *out)
     int fr_reap_all(fr_exit *out, int max)
-    int fr_wait_readable(int fd, int fd2, double timeout)
+    int fr_wait_readable(int fd, int fd2, double timeout, const fr_sigmask *mask)
     int fr_set_subreaper(int on)
