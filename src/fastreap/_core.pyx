@@ -32,7 +32,6 @@ from fastreap._csrc.handler cimport *
 from fastreap._csrc.reaper cimport *
 
 import os as _os
-import threading as _threading
 import time as _time
 
 cdef extern from "<sys/mman.h>" nogil:
@@ -130,7 +129,8 @@ cdef int _guard_signals(fr_sigmask *old) except -1:
     global _main_ident, _main_gen
     cdef long g = fr_fork_generation()
     if g != _main_gen:  # a fork child's main thread is the one that forked
-        _main_ident = _threading.main_thread().ident
+        import threading  # here, not at import: importing fastreap loads only the core
+        _main_ident = threading.main_thread().ident
         _main_gen = g
     if PyThread_get_thread_ident() != _main_ident or not fr_sig_block_all(old):
         return 0

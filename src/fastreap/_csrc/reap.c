@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,14 +256,16 @@ int fr_sig_block_all(fr_sigmask *old) {
 #if FASTREAP_LINUX
     sigset_t all;
     sigfillset(&all); /* glibc leaves out its own SIGCANCEL and SIGSETXID */
-    return pthread_sigmask(SIG_BLOCK, &all, &old->set) == 0;
+    /* sigprocmask: the calling thread's mask on Linux, and in libc since
+     * glibc 2.2.5 (pthread_sigmask moved there only in 2.32). */
+    return sigprocmask(SIG_BLOCK, &all, &old->set) == 0;
 #else
     (void)old;
     return 0;
 #endif
 }
 
-void fr_sig_restore(const fr_sigmask *old) { (void)pthread_sigmask(SIG_SETMASK, &old->set, NULL); }
+void fr_sig_restore(const fr_sigmask *old) { (void)sigprocmask(SIG_SETMASK, &old->set, NULL); }
 
 int fr_wait_readable(int fd, int fd2, double timeout, const fr_sigmask *mask) {
     struct pollfd p[2];
