@@ -133,13 +133,27 @@ cdef int _guard_signals(fr_sigmask *old) except -1:
         _main_ident = threading.main_thread().ident
         _main_gen = g
     if PyThread_get_thread_ident() != _main_ident or not fr_sig_block_all(old):
-        return 0
+        return 0  # (a wait that cannot block needs no guard: callers skip it)
     try:
         PyErr_CheckSignals()
     except BaseException:
         fr_sig_restore(old)
         raise
     return 1
+
+
+cdef int _wait_readable(int fd, int fd2, double timeout) except -2:
+    """fr_wait_readable with the GIL released, guarded in the main thread
+    (see _guard_signals): 1, 2, 0 on timeout, -1 with errno."""
+    cdef fr_sigmask old
+    cdef int r
+    cdef int guarded = timeout != 0 and _guard_signals(&old)
+    cdef fr_sigmask *mask = &old if guarded else NULL
+    with nogil:
+        r = fr_wait_readable(fd, fd2, timeout, mask)
+    if guarded:
+        fr_sig_restore(&old)  # keeps errno; a signal pending since is handled here
+    return r
 
 
 # ---------------------------------------------------------------- stop flags
@@ -282,9 +296,7 @@ shared) by any process that shares it. Checking it is one atomic load."""
         pass; return whether it is set. Ctrl-C and fastreap.Stopped interrupt it."""
         cdef double t = check_timeout(timeout)
         cdef double remaining = t
-        cdef int r, rfd, guarded
-        cdef fr_sigmask old
-        cdef fr_sigmask *mask
+        cdef int r, rfd
         if fr_flag_is_set(self.fp):
             return True
         self._ensure_fd()
@@ -297,12 +309,7 @@ shared) by any process that shares it. Checking it is one atomic load."""
                 remaining = deadline - _time.monotonic()
                 if remaining <= 0:
                     return False
-            guarded = _guard_signals(&old)
-            mask = &old if guarded else NULL
-            with nogil:
-                r = fr_wait_readable(rfd, -1, remaining, mask)
-            if guarded:
-                fr_sig_restore(&old)
+            r = _wait_readable(rfd, -1, remaining)
             if r < 0:
                 if errno == EINTR:
                     _after_eintr()
@@ -597,12 +604,12 @@ cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens) except -1:
     """poller_wait's wait into tokens (64 of them): how many are ready."""
     cdef int n
     cdef fr_sigmask old
-    cdef int guarded = _guard_signals(&old)
+    cdef int guarded = timeout != 0 and _guard_signals(&old)
     cdef fr_sigmask *mask = &old if guarded else NULL
     with nogil:
         n = fr_poller_wait(pfd, timeout, tokens, 64, mask)
     if guarded:
-        fr_sig_restore(&old)
+        fr_sig_restore(&old)  # keeps errno
     if n < 0:
         if errno != EINTR:
             _raise_errno()
@@ -619,14 +626,7 @@ cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens) except -1:
 def wait_readable(int fd, int fd2, double timeout):
     """poll() fd (and fd2 if >= 0) with the GIL released: 1, 2, 0 on timeout,
     -1 after a signal (Python's handlers have run)."""
-    cdef int r
-    cdef fr_sigmask old
-    cdef int guarded = _guard_signals(&old)
-    cdef fr_sigmask *mask = &old if guarded else NULL
-    with nogil:
-        r = fr_wait_readable(fd, fd2, timeout, mask)
-    if guarded:
-        fr_sig_restore(&old)
+    cdef int r = _wait_readable(fd, fd2, timeout)
     if r < 0:
         if errno == EINTR:
             _after_eintr()

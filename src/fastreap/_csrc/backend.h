@@ -7,6 +7,7 @@
 #include <math.h>
 #include <signal.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "reaper.h"
 
@@ -15,6 +16,16 @@ static inline int fr_timeout_ms(double timeout) {
     if (timeout < 0) return -1;
     double ms = ceil(timeout * 1000.0);
     return ms > 2147483647.0 ? 2147483647 : (int)ms;
+}
+
+/* The same as a timespec for ppoll/kevent: NULL (none) when timeout < 0,
+ * else ts filled in (capped at 1e9 s: (time_t)1e300 is undefined; callers loop). */
+static inline struct timespec *fr_timeout_ts(double timeout, struct timespec *ts) {
+    if (timeout < 0) return NULL;
+    if (timeout > 1e9) timeout = 1e9;
+    ts->tv_sec = (time_t)timeout;
+    ts->tv_nsec = (long)((timeout - (double)ts->tv_sec) * 1e9);
+    return ts;
 }
 
 static inline double fr_tv_seconds(struct timeval tv) {

@@ -76,15 +76,9 @@ int fr_poller_del_pid(int pfd, int pid) {
 int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max, const fr_sigmask *mask) {
     (void)mask; /* never given here: fr_sig_block_all does nothing on macOS */
     struct kevent evs[64];
-    struct timespec ts, *tsp = NULL;
+    struct timespec ts;
     if (max > 64) max = 64;
-    if (timeout >= 0) {
-        if (timeout > 1e9) timeout = 1e9; /* (time_t)1e300 is undefined; callers loop */
-        ts.tv_sec = (time_t)timeout;
-        ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-        tsp = &ts;
-    }
-    int n = kevent(pfd, NULL, 0, evs, max, tsp);
+    int n = kevent(pfd, NULL, 0, evs, max, fr_timeout_ts(timeout, &ts));
     for (int i = 0; i < n; i++) tokens[i] = (int64_t)(intptr_t)evs[i].udata;
     return n;
 }

@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 int fr_poller_close_fd(int pfd, int fd) {
@@ -265,7 +264,12 @@ int fr_sig_block_all(fr_sigmask *old) {
 #endif
 }
 
-void fr_sig_restore(const fr_sigmask *old) { (void)sigprocmask(SIG_SETMASK, &old->set, NULL); }
+/* Keeps errno: the caller reads the wait's. */
+void fr_sig_restore(const fr_sigmask *old) {
+    int e = errno;
+    (void)sigprocmask(SIG_SETMASK, &old->set, NULL);
+    errno = e;
+}
 
 int fr_wait_readable(int fd, int fd2, double timeout, const fr_sigmask *mask) {
     struct pollfd p[2];
@@ -277,16 +281,10 @@ int fr_wait_readable(int fd, int fd2, double timeout, const fr_sigmask *mask) {
     p[1].revents = 0;
     int r;
 #if FASTREAP_LINUX
-    if (mask) {
-        struct timespec ts, *tsp = NULL;
-        if (timeout >= 0) {
-            if (timeout > 1e9) timeout = 1e9;
-            ts.tv_sec = (time_t)timeout;
-            ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-            tsp = &ts;
-        }
-        r = ppoll(p, fd2 >= 0 ? 2 : 1, tsp, &mask->set);
-    } else
+    struct timespec ts;
+    if (mask)
+        r = ppoll(p, fd2 >= 0 ? 2 : 1, fr_timeout_ts(timeout, &ts), &mask->set);
+    else
 #endif
         r = poll(p, fd2 >= 0 ? 2 : 1, fr_timeout_ms(timeout));
     if (r <= 0) return r;

@@ -39,20 +39,20 @@ int fr_timer_drain(int fd);
  * Linux: ENOSYS (use pidfds). */
 int fr_poller_add_pid(int pfd, int pid, int64_t token);
 int fr_poller_del_pid(int pfd, int pid);
-/* Wait up to timeout seconds (< 0: forever); returns how many tokens were
- * written, or -1 with errno (EINTR when a signal arrived). */
 /* A thread's signal mask, as the signal-safe waits take it (reap.c). */
 typedef struct fr_sigmask {
     sigset_t set;
 } fr_sigmask;
 /* Block every signal in the calling thread and keep the old mask in *old: 1,
  * or 0 (nothing done) where no wait can take the mask back atomically
- * (macOS: kevent has no mask). fr_sig_restore puts *old back. */
+ * (macOS: kevent has no mask). fr_sig_restore puts *old back, errno kept. */
 int fr_sig_block_all(fr_sigmask *old);
 void fr_sig_restore(const fr_sigmask *old);
 
-/* Wait for up to max tokens; with mask, under that signal mask for the
- * duration of the wait (epoll_pwait; ignored by kqueue, see fr_sig_block_all). */
+/* Wait up to timeout seconds (< 0: forever) for up to max tokens; returns how
+ * many were written, or -1 with errno (EINTR when a signal arrived). With
+ * mask, under that signal mask for the duration of the wait (epoll_pwait;
+ * never given on macOS, see fr_sig_block_all). */
 int fr_poller_wait(int pfd, double timeout, int64_t *tokens, int max, const fr_sigmask *mask);
 
 /* pidfds (Linux >= 5.3); -1 with errno ENOSYS elsewhere. The descriptor is
