@@ -122,8 +122,9 @@ cdef long _main_gen = -1
 
 cdef int _guard_signals(fr_sigmask *old) except -1:
     """Before a blocking wait in the main thread (the one that runs Python's
-    signal handlers): block every signal, then run the handlers of any that
-    came since the last bytecode (they may raise: the mask is put back). 1
+    signal handlers): run the handlers of any signal that came since the
+    last bytecode, block every asynchronous signal, run those of any that came
+    in between (they may raise: the mask is put back). 1
     when the wait must then take *old as its mask (reap.c's signal-safe waits:
     a signal from here on interrupts it), 0 in other threads and off Linux."""
     global _main_ident, _main_gen
@@ -132,8 +133,19 @@ cdef int _guard_signals(fr_sigmask *old) except -1:
         import threading  # here, not at import: importing fastreap loads only the core
         _main_ident = threading.main_thread().ident
         _main_gen = g
-    if PyThread_get_thread_ident() != _main_ident or not fr_sig_block_all(old):
+    if PyThread_get_thread_ident() != _main_ident:
         return 0  # (a wait that cannot block needs no guard: callers skip it)
+    # Handlers run here, before the block, with the thread's own mask: a
+    # handler that starts a thread or a child (both inherit the mask), or
+    # waits, must not do it with every signal blocked. Twice: a signal that
+    # lands while the first call runs a handler is handled by the second.
+    # After the block, only one that landed in the few instructions since is
+    # handled with it in place (Python offers no way to see that a signal is
+    # pending without running its handler).
+    PyErr_CheckSignals()
+    PyErr_CheckSignals()
+    if not fr_sig_block_all(old):
+        return 0
     try:
         PyErr_CheckSignals()
     except BaseException:

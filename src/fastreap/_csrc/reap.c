@@ -247,14 +247,23 @@ int fr_reap_all(fr_exit *out, int max) {
  * its next bytecode, or when a call there fails with EINTR. A signal that
  * lands after the last such check and before a wait starts would be handled
  * only when the wait ends (Ctrl-C ignored for the whole timeout). So the main
- * thread blocks every signal, runs the handlers of any that came meanwhile
- * (the caller: PyErr_CheckSignals), and waits with its old mask, which the
+ * thread runs the handlers of the signals that came so far, blocks every
+ * asynchronous signal, runs those of any that came in between (the caller:
+ * PyErr_CheckSignals, both times), and waits with its old mask, which the
  * kernel puts in place atomically with the wait (epoll_pwait, ppoll): a
  * signal from there on interrupts it with EINTR. */
 int fr_sig_block_all(fr_sigmask *old) {
 #if FASTREAP_LINUX
     sigset_t all;
     sigfillset(&all); /* glibc leaves out its own SIGCANCEL and SIGSETXID */
+    /* Not the synchronous ones: a fault with its signal blocked makes the
+     * kernel kill the process outright, past faulthandler and any handler. */
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    sigdelset(&all, SIGTRAP);
+    sigdelset(&all, SIGSYS);
     /* sigprocmask: the calling thread's mask on Linux, and in libc since
      * glibc 2.2.5 (pthread_sigmask moved there only in 2.32). */
     return sigprocmask(SIG_BLOCK, &all, &old->set) == 0;
