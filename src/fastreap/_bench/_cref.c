@@ -481,8 +481,8 @@ static PyMethodDef cref_methods[] = {
      "flag_load(n) -> ns per acquire load of a uint32 flag word in a C loop."},
     {"exit_latency", cref_exit_latency, METH_VARARGS,
      "exit_latency(mode, stamper, stamp_fd, n, live) -> n latencies (ns) from the exec'd\n"
-     "stamping child's stamp to its reaping, mode 'pidfd' (pidfd_open + poll + waitpid)\n"
-     "or 'sigchld' (SIGCHLD self-pipe + waitpid(-1, WNOHANG)), with live - 1 others alive.\n"
+     "stamping child's stamp to its reaping, mode 'pidfd' (pidfd_open + poll + wait4)\n"
+     "or 'sigchld' (SIGCHLD self-pipe + wait4(-1, WNOHANG)), with live - 1 others alive.\n"
      "Reaps any child: call it in a process with no other children."},
     {"stop_limit", cref_stop_limit, METH_VARARGS,
      "stop_limit(pids, grace) -> seconds to SIGTERM all, reap until one deadline,\n"
