@@ -552,3 +552,34 @@ print(type(exc).__name__, lock.locked())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["KeyboardInterrupt", "True"], out.stderr
+
+
+@pytest.mark.parametrize("backend", ["pidfd", "sigchld"])
+def test_a_signal_handler_may_wait_while_its_thread_leads_a_wait(backend: str) -> None:
+    # A Python handler runs inside the leader's own wait (the lock free, the
+    # leader suspended): its waits followed that leader, so nobody polled.
+    # spawn().wait() timed out and graceful_stop() of the outer wait's own
+    # child hung for good. Now the handler leads in its place, and the outer
+    # wait sees the exit the handler took (run in a child interpreter).
+    code = """
+import os, signal, threading, time
+import fastreap
+from fastreap import _watcher
+w = _watcher.current()
+outer = fastreap.spawn(["sleep", "60"])
+got = {}
+def h(*a):
+    got["inner"] = fastreap.spawn(["sh", "-c", "exit 4"]).wait(20)
+    got["stop"] = fastreap.graceful_stop([outer], timeout=20).returncodes.get(outer.pid)
+signal.signal(signal.SIGUSR1, h)
+def kick():
+    while not w.leading:  # the main thread is in its wait (_core.lead)
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGUSR1)
+threading.Thread(target=kick).start()
+done, _ = fastreap.wait([outer], 40)
+print(got.get("inner"), got.get("stop"), outer.returncode, len(done))
+"""
+    env = dict(os.environ, FASTREAP_BACKEND=backend)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.split() == ["4", "-15", "-15", "1"], out.stderr

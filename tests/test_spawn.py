@@ -80,6 +80,24 @@ def test_spawn_bad_input_leaves_nothing() -> None:
     assert fastreap.counters()["watched"] == 0
 
 
+def test_ctrl_c_between_popen_and_watch_stops_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A KeyboardInterrupt landing in spawn() after the Popen started (in
+    # watch: taking the watcher lock, registering) left that child running
+    # with nobody holding it: run_all's Ctrl-C clean-up could not stop it.
+    from fastreap import _spawn
+
+    made: list[subprocess.Popen[bytes]] = []
+
+    def interrupted_watch(p: subprocess.Popen[bytes]) -> fastreap.Child:
+        made.append(p)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_spawn, "watch", interrupted_watch)
+    with pytest.raises(KeyboardInterrupt):
+        fastreap.spawn(["/bin/sleep", "60"])
+    assert made[0].returncode == -signal.SIGKILL
+
+
 # ---- run_all ------------------------------------------------------------------
 
 

@@ -1000,12 +1000,19 @@ def lead(w, int pfd, double timeout):
     cdef int64_t tokens[64]
     cdef int n = 0
     cdef Lock lock = w.lock
+    # Already leading: a signal handler run inside this thread's own lead
+    # (wait_until lets no other thread in), which is suspended meanwhile.
+    cdef bint outer = w.leading
     w.leading = True
+    w.leader = PyThread_get_thread_ident()
+    nested = w.nested
     lock._release()
     try:
         # A signal that came since the last bytecode ran would find no wait
         # to interrupt: its Python handler runs now (with the lock free).
         PyErr_CheckSignals()
+        if w.nested != nested:
+            timeout = 0.0  # that handler waited on the watcher (maybe taking our news): look, then re-check
         n = _wait_tokens(pfd, timeout, tokens)
     finally:
         # Free (the usual case), the lock is taken without blocking, with
@@ -1014,7 +1021,7 @@ def lead(w, int pfd, double timeout):
         if not lock._try():
             from fastreap._watcher import acquire_uninterruptibly
             pending = acquire_uninterruptibly(lock)
-        w.leading = False
+        w.leading = outer
         pidfd = w.pidfd
         if pidfd.deferred:
             pidfd.close_deferred()

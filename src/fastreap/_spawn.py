@@ -47,6 +47,12 @@ def spawn(args: Any, **popen_kwargs: Any) -> Child:
             f"spawn: pid {p.pid} was reaped by another waiter (os.wait(), os.waitpid(-1), "
             "fastreap.reap()) before it could be watched; its exit status is unknown"
         ) from None
+    except BaseException:
+        # Ctrl-C (or any error) before the caller got its Child: nobody else
+        # could stop this child, so stop it here (nothing half-done).
+        p.kill()
+        p.wait()
+        raise
 
 
 def _check_command(i: int, cmd: object) -> Any:

@@ -66,6 +66,8 @@ class Watcher:
         # (Condition takes any lock with acquire/release; typeshed names only the threading ones.)
         self.cond = threading.Condition(self.lock)  # type: ignore[arg-type]
         self.leading = False
+        self.leader = 0  # the leading thread's id (while leading)
+        self.nested = 0  # waits and polls by a signal handler inside its own thread's lead
         self._closed = False
         self.pfd = -1
         self.children: dict[int, Child] = {}
@@ -459,12 +461,18 @@ class Watcher:
         sigchld = self.sigchld
         with self.lock:
             self.check_open()
-            if sigchld.check_next and not self.leading:
+            # A signal handler that waits, run by the leader inside its own
+            # lead (with the lock free): that leader is suspended until we
+            # return, so nobody would wake a follower. Lead in its place.
+            nested = self.leading and self.leader == threading.get_ident()
+            if nested:
+                self.nested += 1  # (the news we take may be the leader's: it re-checks)
+            if sigchld.check_next and not (self.leading and not nested):
                 sigchld.run_deferred()  # the check the last exits made due (_backend_sigchld)
             if (
                 not pred()
                 and self.pfd >= 0
-                and not self.leading
+                and not (self.leading and not nested)
                 and (sigchld.starts or deadline.remaining() == 0.0)
             ):
                 # Collect exits that already happened (timeout 0 must see them,
@@ -485,7 +493,7 @@ class Watcher:
                 remaining = deadline.remaining()  # -1.0: forever
                 if remaining == 0.0:
                     return False
-                if self.leading:
+                if self.leading and not nested:
                     self.followers += 1
                     try:
                         self.cond.wait(None if remaining < 0 else remaining)
@@ -515,11 +523,16 @@ class Watcher:
 
     def poll_now(self) -> None:
         """Reap whatever is ready without blocking (for is_alive and asyncio).
-        Not while a leader waits: draining the wake-up descriptor under it
-        would leave it asleep with its news consumed; it reaps promptly."""
+        Not while another thread leads: draining the wake-up descriptor under
+        it would leave it asleep with its news consumed; it reaps promptly.
+        (A signal handler inside this thread's own lead may: see wait_until.)"""
         with self.lock:
-            if self.pfd < 0 or self.closed or self.leading:
+            if self.pfd < 0 or self.closed:
                 return
+            if self.leading:
+                if self.leader != threading.get_ident():
+                    return
+                self.nested += 1  # a signal handler inside our own lead (see wait_until)
             self.process(_core.poller_wait(self.pfd, 0.0))
             self.sigchld.run_deferred()
 
