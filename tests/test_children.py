@@ -583,3 +583,39 @@ print(got.get("inner"), got.get("stop"), outer.returncode, len(done))
     env = dict(os.environ, FASTREAP_BACKEND=backend)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.stdout.split() == ["4", "-15", "-15", "1"], out.stderr
+
+
+@pytest.mark.parametrize("backend", ["pidfd", "sigchld"])
+def test_a_signal_handler_inside_fastreaps_own_code_looks_or_raises(backend: str) -> None:
+    # A Python handler that runs while its thread is inside fastreap's own
+    # code, the watcher lock held (here: a done callback raises the signal):
+    # every call that takes the lock deadlocked on itself (with a repeating
+    # timer, until RecursionError). Now a look answers from what is known
+    # and a wait raises a RuntimeError that says why; nothing is left over.
+    code = """
+import signal, subprocess
+import fastreap
+from fastreap import _watcher
+other = fastreap.spawn(["sleep", "60"])
+quick = fastreap.spawn(["cat"], stdin=subprocess.PIPE)
+got = []
+def h(*a):
+    got.append(other.is_alive())
+    got.append(other.returncode)
+    got.append(other.wait(0))
+    got.append(fastreap.wait([other], 0)[0] == set())
+    for call in (lambda: other.wait(5), lambda: fastreap.graceful_stop([other], timeout=1)):
+        try:
+            call()
+        except RuntimeError as e:
+            got.append("signal handler" in str(e))
+signal.signal(signal.SIGUSR1, h)
+assert _watcher.Watcher.subscribe(quick, lambda c: signal.raise_signal(signal.SIGUSR1))
+quick.popen.stdin.close()
+print(quick.wait(20))
+other.kill()
+print(other.wait(20), *got)
+"""
+    env = dict(os.environ, FASTREAP_BACKEND=backend)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.split() == ["0", "-9", "True", "None", "None", "True", "True", "True"], out.stderr

@@ -113,6 +113,8 @@ class Child:
 
     def _refresh(self) -> None:
         if not self._done() and not self._watcher.closed:
+            if self._watcher.lock.owned():
+                return  # a signal handler inside fastreap's own code: what is known so far
             with self._watcher.lock:
                 self._watcher.try_reap(self)
 

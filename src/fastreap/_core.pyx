@@ -608,16 +608,21 @@ def poller_wait(int pfd, double timeout):
     interrupted the wait has made the wake-up descriptor ready, and its
     token comes back at once instead of after another round trip."""
     cdef int64_t tokens[64]
-    cdef int n = _wait_tokens(pfd, timeout, tokens)
+    cdef int n = _wait_tokens(pfd, timeout, tokens, None, 0)
     return [tokens[i] for i in range(n)]
 
 
-cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens) except -1:
-    """poller_wait's wait into tokens (64 of them): how many are ready."""
+cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens, object w, object nested) except -1:
+    """poller_wait's wait into tokens (64 of them): how many are ready.
+    w: the watcher whose leader waits (lead), nested: its w.nested before;
+    else None. A handler that the guard ran may have waited on w itself
+    (its news taken): the wait then only looks (timeout 0)."""
     cdef int n
     cdef fr_sigmask old
     cdef int guarded = timeout != 0 and _guard_signals(&old)
     cdef fr_sigmask *mask = &old if guarded else NULL
+    if guarded and w is not None and w.nested != nested:
+        timeout = 0.0
     with nogil:
         n = fr_poller_wait(pfd, timeout, tokens, 64, mask)
     if guarded:
@@ -889,6 +894,7 @@ cdef class Lock:
 
     cdef PyThread_type_lock _lk
     cdef bint _held
+    cdef unsigned long _owner  # the thread that holds it (while _held)
 
     def __cinit__(self):
         self._lk = PyThread_allocate_lock()
@@ -904,6 +910,7 @@ cdef class Lock:
     cdef inline bint _try(self) noexcept:
         if PyThread_acquire_lock(self._lk, NOWAIT_LOCK):
             self._held = True
+            self._owner = PyThread_get_thread_ident()
             return True
         return False
 
@@ -921,11 +928,20 @@ cdef class Lock:
             return True
         if not blocking:
             return False
+        if self._held and self._owner == PyThread_get_thread_ident():
+            # Only code run inside fastreap's own in this thread gets here (a
+            # done callback, a signal handler): waiting would never end.
+            raise RuntimeError(
+                "fastreap was called from code that runs inside fastreap in the same thread (a done "
+                "callback, or a signal handler that interrupted fastreap): it cannot wait there, it would "
+                "wait for itself. Hand the work off (a flag, a queue, loop.call_soon_threadsafe) and do it outside"
+            )
         while True:
             with nogil:
                 r = PyThread_acquire_lock_timed(self._lk, -1, 1)
             if r == PY_LOCK_ACQUIRED:
                 self._held = True
+                self._owner = PyThread_get_thread_ident()
                 return True
             if r == PY_LOCK_INTR:
                 PyErr_CheckSignals()  # a handler that raises ends the wait
@@ -935,6 +951,11 @@ cdef class Lock:
 
     def locked(self):
         return self._held
+
+    def owned(self):
+        """Held by the calling thread (by fastreap code that a signal
+        handler in this thread has interrupted, if the caller is fastreap)."""
+        return self._held and self._owner == PyThread_get_thread_ident()
 
     def __enter__(self):
         return self.acquire()
@@ -1008,12 +1029,10 @@ def lead(w, int pfd, double timeout):
     nested = w.nested
     lock._release()
     try:
-        # A signal that came since the last bytecode ran would find no wait
-        # to interrupt: its Python handler runs now (with the lock free).
-        PyErr_CheckSignals()
-        if w.nested != nested:
-            timeout = 0.0  # that handler waited on the watcher (maybe taking our news): look, then re-check
-        n = _wait_tokens(pfd, timeout, tokens)
+        # In the main thread the wait's guard runs the handlers of signals
+        # that came since the last bytecode (with the lock free); one that
+        # waited on w makes it only look (see _wait_tokens).
+        n = _wait_tokens(pfd, timeout, tokens, w, nested)
     finally:
         # Free (the usual case), the lock is taken without blocking, with
         # nothing to interrupt; else uninterruptibly.

@@ -459,6 +459,11 @@ class Watcher:
         One thread at a time waits in the poller with the GIL and the lock
         released; the others sleep on the condition until it has news."""
         sigchld = self.sigchld
+        if self.lock.owned() and deadline.remaining() == 0.0:
+            # A signal handler that interrupted fastreap's own code in this
+            # thread (the lock held): a look answers from what is known (a
+            # wait raises, in Lock.acquire).
+            return pred()
         with self.lock:
             self.check_open()
             # A signal handler that waits, run by the leader inside its own
@@ -526,6 +531,8 @@ class Watcher:
         Not while another thread leads: draining the wake-up descriptor under
         it would leave it asleep with its news consumed; it reaps promptly.
         (A signal handler inside this thread's own lead may: see wait_until.)"""
+        if self.lock.owned():
+            return  # a signal handler inside fastreap's own code in this thread: nothing to take
         with self.lock:
             if self.pfd < 0 or self.closed:
                 return
