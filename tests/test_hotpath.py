@@ -415,13 +415,21 @@ def _notify(cond: object) -> None:
 
 
 def test_watcher_lock_blocking_acquire_is_interrupted_by_a_raising_handler() -> None:
-    # As threading.Lock: Ctrl-C ends the wait for it; acquire_uninterruptibly
-    # still takes it and hands the exception back (run in a child interpreter).
+    # As threading.Lock: Ctrl-C ends the wait for it (held by another
+    # thread); acquire_uninterruptibly still takes it and hands the exception
+    # back. Unlike threading.Lock, a blocking take by the thread that holds
+    # it raises at once (only re-entry from a done callback or a signal
+    # handler can do that; fastreap never releases it from another thread).
+    # Run in a child interpreter.
     code = """
-import signal, threading
+import signal, threading, time
 from fastreap import _core
 from fastreap._watcher import acquire_uninterruptibly
-lock = _core.Lock(); lock.acquire()
+lock = _core.Lock()
+held, go = threading.Event(), threading.Event()
+def holder():
+    lock.acquire(); held.set(); go.wait(); time.sleep(0.3); lock.release()
+t = threading.Thread(target=holder); t.start(); held.wait()
 def h(*a): raise KeyboardInterrupt
 signal.signal(signal.SIGALRM, h)
 signal.setitimer(signal.ITIMER_REAL, 0.05)
@@ -429,11 +437,26 @@ try:
     lock.acquire()
     print("acquired")
 except KeyboardInterrupt:
-    print("interrupted", lock.locked())
-threading.Timer(0.3, lock.release).start()
+    print("interrupted", lock.locked(), lock.owned())
+go.set()
 signal.setitimer(signal.ITIMER_REAL, 0.05)
 exc = acquire_uninterruptibly(lock)
-print(type(exc).__name__, lock.locked())
+print(type(exc).__name__, lock.locked(), lock.owned())
+t.join()
+try:
+    lock.acquire()
+except RuntimeError as e:
+    print("self", "wait for itself" in str(e), lock.acquire(False))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.split() == ["interrupted", "True", "KeyboardInterrupt", "True"], out.stderr
+    assert out.stdout.split() == [
+        "interrupted",
+        "True",
+        "False",
+        "KeyboardInterrupt",
+        "True",
+        "True",
+        "self",
+        "True",
+        "False",
+    ], out.stderr

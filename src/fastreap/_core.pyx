@@ -890,7 +890,11 @@ cdef class Lock:
     acquire waits with the GIL released and is interrupted by a signal
     handler that raises) whose take after the leader's wake-up (``lead``)
     is one C call: ``threading.Lock.acquire(False)`` parses its arguments,
-    which cost that path about as much as the reap."""
+    which cost that path about as much as the reap. Unlike a
+    ``threading.Lock``, a blocking take by the thread that holds it raises
+    RuntimeError at once: only code run inside fastreap's own in that thread
+    (a done callback, a signal handler) can try it, and fastreap never
+    releases it from another thread, so it would wait for ever."""
 
     cdef PyThread_type_lock _lk
     cdef bint _held
