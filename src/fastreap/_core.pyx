@@ -938,7 +938,8 @@ cdef class Lock:
             raise RuntimeError(
                 "fastreap was called from code that runs inside fastreap in the same thread (a done "
                 "callback, or a signal handler that interrupted fastreap): it cannot wait there, it would "
-                "wait for itself. Hand the work off (a flag, a queue, loop.call_soon_threadsafe) and do it outside"
+                "wait for itself. Hand the work off (a flag, a queue, loop.call_soon_threadsafe) "
+                "and do it outside"
             )
         while True:
             with nogil:
