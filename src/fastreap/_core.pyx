@@ -608,20 +608,20 @@ def poller_wait(int pfd, double timeout):
     interrupted the wait has made the wake-up descriptor ready, and its
     token comes back at once instead of after another round trip."""
     cdef int64_t tokens[64]
-    cdef int n = _wait_tokens(pfd, timeout, tokens, None, 0)
+    cdef int n = _wait_tokens(pfd, timeout, tokens, None, None)
     return [tokens[i] for i in range(n)]
 
 
 cdef int _wait_tokens(int pfd, double timeout, int64_t *tokens, object w, object nested) except -1:
     """poller_wait's wait into tokens (64 of them): how many are ready.
-    w: the watcher whose leader waits (lead), nested: its w.nested before;
-    else None. A handler that the guard ran may have waited on w itself
-    (its news taken): the wait then only looks (timeout 0)."""
+    w: the watcher whose leader waits (lead), nested: its w.nested before
+    (both None otherwise). A handler that the guard ran may have waited on w
+    itself (its news taken): the wait then only looks (timeout 0)."""
     cdef int n
     cdef fr_sigmask old
     cdef int guarded = timeout != 0 and _guard_signals(&old)
     cdef fr_sigmask *mask = &old if guarded else NULL
-    if guarded and w is not None and w.nested != nested:
+    if w is not None and w.nested != nested:  # (also unguarded: the guard may have run handlers)
         timeout = 0.0
     with nogil:
         n = fr_poller_wait(pfd, timeout, tokens, 64, mask)
@@ -958,8 +958,8 @@ cdef class Lock:
         return self._held
 
     def owned(self):
-        """Held by the calling thread (by fastreap code that a signal
-        handler in this thread has interrupted, if the caller is fastreap)."""
+        """Held by the calling thread: fastreap's own code in this thread is
+        under it (the caller is a done callback or a signal handler)."""
         return self._held and self._owner == PyThread_get_thread_ident()
 
     def __enter__(self):

@@ -472,12 +472,13 @@ class Watcher:
             nested = self.leading and self.leader == threading.get_ident()
             if nested:
                 self.nested += 1  # (the news we take may be the leader's: it re-checks)
-            if sigchld.check_next and not (self.leading and not nested):
+            other_leads = self.leading and not nested
+            if sigchld.check_next and not other_leads:
                 sigchld.run_deferred()  # the check the last exits made due (_backend_sigchld)
             if (
                 not pred()
                 and self.pfd >= 0
-                and not (self.leading and not nested)
+                and not other_leads
                 and (sigchld.starts or deadline.remaining() == 0.0)
             ):
                 # Collect exits that already happened (timeout 0 must see them,
